@@ -1,0 +1,3 @@
+"""MODE-SSM: a mode-aware state-space decoder for intracortical speech BCIs."""
+
+__version__ = "0.1.0"
