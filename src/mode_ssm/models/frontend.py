@@ -1,0 +1,216 @@
+"""The model's front end: which day is this, which electrodes to trust, and a conv stem.
+
+Data flow (see ``ModeSSM.forward``)::
+
+    features (B, T, 512)
+      -> select_channels         256 threshold crossings only, or all 512
+      -> zero_constant_channels  dead electrodes, judged in electrode space
+      -> DayInputLayers          one affine (+ softsign) layer per session day
+      -> Preprocessor            per-trial channel normalisation, learned gates,
+                                 strided conv stem (time / downsample)
+
+Dead electrodes are zeroed *before* the day layer because "this channel is
+constant" only means "this electrode is dead" while channels are still
+electrodes; once a day layer has mixed them that reading is lost.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+NORMS = ("trial", "layer", "none")
+
+
+def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """lengths (B,) -> bool mask (B, max_len), True at valid time steps."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def select_channels(features: torch.Tensor, num_channels: int) -> torch.Tensor:
+    """features (B, T, C) -> (B, T, num_channels).
+
+    The T15 feature order puts the 256 threshold-crossing channels first and the
+    256 spike-band-power channels after, so 256 keeps threshold crossings only.
+    """
+    if num_channels not in (256, 512):
+        raise ValueError(f"num_channels must be 256 or 512, got {num_channels}")
+    if features.shape[-1] < num_channels:
+        raise ValueError(f"model uses {num_channels} channels but the features have {features.shape[-1]}")
+    return features[..., :num_channels]
+
+
+def masked_mean_var(x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-trial, per-channel mean and (biased) variance over valid time steps.
+
+    x (B, T, C), lengths (B,) -> mean (B, 1, C), var (B, 1, C). A trial of
+    length 0 gets mean 0 and variance 0.
+    """
+    mask = length_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
+    n = lengths.clamp(min=1).to(x.dtype)[:, None, None]
+    mean = (x * mask).sum(1, keepdim=True) / n
+    var = (((x - mean) * mask) ** 2).sum(1, keepdim=True) / n
+    return mean, var
+
+
+def zero_constant_channels(x: torch.Tensor, lengths: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
+    """Zero every channel that is constant over a trial's valid time steps.
+
+    x (B, T, C), lengths (B,) -> (B, T, C). A disconnected or saturated electrode
+    reads a constant; zeroing it makes the model's output independent of the
+    value it is stuck at. Trials shorter than 2 steps are left untouched (one
+    step is always "constant"). Padded steps are set to 0.
+    """
+    _, var = masked_mean_var(x, lengths)
+    alive = (var > tol**2) | (lengths < 2)[:, None, None]
+    mask = length_mask(lengths, x.shape[1]).unsqueeze(-1)
+    return x * (alive & mask).to(x.dtype)
+
+
+class DayInputLayers(nn.Module):
+    """One affine layer per session day, identity-initialised, as in the official baseline.
+
+    out = softsign(x @ W[day] + b[day]) (softsign optional), then dropout. The
+    layers absorb day-to-day drift of the recording (electrode impedance,
+    micromotion) so everything after them can be shared across days.
+
+    Parameters are kept in lists (not one stacked tensor) so ``add_day`` can
+    append a layer for a new session, and a batch only touches the layers of
+    the days it contains.
+    """
+
+    def __init__(self, n_days: int, n_channels: int, softsign: bool = True, dropout: float = 0.0):
+        super().__init__()
+        if n_days < 1:
+            raise ValueError(f"n_days must be >= 1, got {n_days}")
+        self.n_channels = n_channels
+        self.softsign = softsign
+        self.weights = nn.ParameterList([nn.Parameter(torch.eye(n_channels)) for _ in range(n_days)])
+        self.biases = nn.ParameterList([nn.Parameter(torch.zeros(n_channels)) for _ in range(n_days)])
+        self.dropout = nn.Dropout(dropout)
+
+    @property
+    def n_days(self) -> int:
+        return len(self.weights)
+
+    def add_day(self, copy_from: int | None = None) -> int:
+        """Append a layer for an unseen session and return its day index.
+
+        ``copy_from``: start from that day's layer (e.g. the nearest earlier
+        session, whose drift is the closest guess); ``None``: a fresh identity
+        layer. The new parameters are not in any existing optimizer.
+        """
+        ref = self.weights[0]
+        if copy_from is None:
+            weight = torch.eye(self.n_channels, device=ref.device, dtype=ref.dtype)
+            bias = torch.zeros(self.n_channels, device=ref.device, dtype=ref.dtype)
+        else:
+            if not 0 <= copy_from < self.n_days:
+                raise IndexError(f"copy_from={copy_from} but there are {self.n_days} day layers")
+            weight = self.weights[copy_from].detach().clone()
+            bias = self.biases[copy_from].detach().clone()
+        self.weights.append(nn.Parameter(weight))
+        self.biases.append(nn.Parameter(bias))
+        return self.n_days - 1
+
+    def forward(self, x: torch.Tensor, day_index: torch.Tensor) -> torch.Tensor:
+        """x (B, T, C), day_index (B,) int64 -> (B, T, C)."""
+        if x.shape[-1] != self.n_channels:
+            raise ValueError(f"day layers expect {self.n_channels} channels, got {x.shape[-1]}")
+        days = day_index.tolist()
+        bad = [d for d in set(days) if not 0 <= d < self.n_days]
+        if bad:
+            raise IndexError(f"day_index {sorted(bad)} out of range: the model has {self.n_days} day layers")
+        out = x.new_zeros(x.shape)
+        for day in sorted(set(days)):
+            rows = (day_index == day).nonzero().squeeze(1)
+            out[rows] = x[rows] @ self.weights[day] + self.biases[day]
+        if self.softsign:
+            out = F.softsign(out)
+        return self.dropout(out)
+
+
+class Preprocessor(nn.Module):
+    """Per-channel normalisation, learned channel gates and a strided conv stem.
+
+    Normalisation (``norm``):
+      - ``"trial"`` (default): z-score each channel over the trial's own valid
+        time steps. The features arrive z-scored per block already, so this is
+        not about scale; it removes the offset and gain a channel drifts by
+        between blocks, which the once-per-day layer cannot follow, and it maps
+        a channel that is constant in the trial to exactly 0 (after a day layer,
+        a dead electrode is a constant offset, which this removes). Statistics
+        use only valid steps, so padding changes nothing. Cost: it needs the
+        whole trial, which the bidirectional encoder needs anyway. ``eps``
+        (1e-2, i.e. std 0.1) damps near-constant channels instead of blowing
+        their noise up to unit variance.
+      - ``"layer"``: LayerNorm over channels per time step (causal, but mixes
+        channels: one artefact channel rescales all others).
+      - ``"none"``.
+    Gates: ``2 * sigmoid(g)`` per channel, ``g`` initialised to 0 (gate 1, an
+    identity at init); a channel that only adds noise can be turned down to 0.
+    Stem: Conv1d(kernel ``stem_kernel``, stride ``downsample``, no padding), so
+    an output frame never reads past the trial's end and
+    ``out_len = (len - stem_kernel) // downsample + 1`` exactly (0 when the
+    trial is shorter than the kernel). ``stem_kernel == downsample`` is patching.
+    """
+
+    def __init__(
+        self,
+        n_channels: int,
+        d_model: int,
+        downsample: int = 4,
+        stem_kernel: int | None = None,
+        norm: str = "trial",
+        gates: bool = True,
+        dropout: float = 0.0,
+        eps: float = 1e-2,
+    ):
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        stem_kernel = downsample if stem_kernel is None else stem_kernel
+        if downsample < 1 or stem_kernel < downsample:
+            raise ValueError(f"need 1 <= downsample <= stem_kernel, got {downsample=} {stem_kernel=}")
+        self.norm = norm
+        self.eps = eps
+        self.downsample = downsample
+        self.stem_kernel = stem_kernel
+        self.layer_norm = nn.LayerNorm(n_channels) if norm == "layer" else None
+        self.gate_logits = nn.Parameter(torch.zeros(n_channels)) if gates else None
+        self.stem = nn.Conv1d(n_channels, d_model, kernel_size=stem_kernel, stride=downsample)
+        self.out_norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """lengths (B,) -> frames after the stem (B,)."""
+        return ((lengths - self.stem_kernel) // self.downsample + 1).clamp(min=0)
+
+    def channel_gates(self) -> torch.Tensor | None:
+        """(C,) gate values in (0, 2), or None when gating is off."""
+        return None if self.gate_logits is None else 2 * torch.sigmoid(self.gate_logits)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, C), lengths (B,) -> (features (B, T', d_model), out_lengths (B,)).
+
+        Frames at or past ``out_lengths`` are zero.
+        """
+        mask = length_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
+        if self.norm == "trial":
+            mean, var = masked_mean_var(x, lengths)
+            x = (x - mean) / torch.sqrt(var + self.eps)
+        elif self.norm == "layer":
+            x = self.layer_norm(x)
+        gates = self.channel_gates()
+        if gates is not None:
+            x = x * gates
+        x = x * mask  # the stem must read zeros past a trial's end, in a batch as when alone
+        if x.shape[1] < self.stem_kernel:
+            x = F.pad(x, (0, 0, 0, self.stem_kernel - x.shape[1]))
+        y = self.stem(rearrange(x, "b t c -> b c t"))
+        y = self.dropout(self.out_norm(rearrange(y, "b d t -> b t d")))
+        out_lengths = self.output_lengths(lengths)
+        y = y * length_mask(out_lengths, y.shape[1]).unsqueeze(-1).to(y.dtype)
+        return y, out_lengths
