@@ -37,7 +37,10 @@ log-probabilities and of an LLM's log-probabilities in rescoring.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -58,6 +61,20 @@ MAX_HOMOPHONES = 6
 
 BoundaryMode = Literal["optional", "required"]
 
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence writes to file descriptor 2 (C++ libraries bypass sys.stderr)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 # --------------------------------------------------------------------------- vocabulary
 
@@ -272,7 +289,8 @@ class WordDecoder:
             from flashlight.lib.text.decoder.kenlm import KenLM
 
             try:
-                self.lm = KenLM(str(arpa_path), self.word_dict)
+                with _quiet_stderr():  # KenLM draws a progress bar on stderr while it reads an ARPA file
+                    self.lm = KenLM(str(arpa_path), self.word_dict)
             except Exception as e:  # kenlm raises a bare RuntimeError with its own wording
                 raise ValueError(f"KenLM could not load {arpa_path}: {e}") from e
         self.arpa_path = arpa_path

@@ -1,0 +1,117 @@
+"""MODE-SSM vs the official GRU baseline on the same data and CPU budget.
+
+Trains each model with scripts/train.py for the same wall-clock budget on one
+thread, back to back (never side by side: a second busy process slows the first
+~10x on 2 cores), then prints: best val PER and WER, train trials/s, peak RSS,
+and encoder time per 1000 frames (forward+backward) at two sequence lengths.
+
+    python benchmarks/compare_models.py --data-root data/simulated/bench_seed0 --minutes 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+MODELS = {
+    # MODE-SSM runs its curriculum; the budget ends it wherever it is.
+    "mode_ssm": ["model=mode_ssm_small"],
+    "gru_baseline": ["model=gru_baseline", "training.optimizer.lr=0.005"],
+}
+
+
+def train(name: str, overrides: list[str], args, out_dir: Path) -> dict:
+    run_dir = out_dir / name
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), f"data.data_root={args.data_root}",
+           f"training.time_budget_minutes={args.minutes}", "torch_threads=1", f"hydra.run.dir={run_dir}",
+           f"training.batch_size={args.batch_size}", *overrides, *args.extra]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    from mode_ssm.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    history = ckpt["position"]["history"]
+    trials = _train_trials_seen(run_dir)
+    best = min(history, key=lambda h: (h.get("val/per", 9.0)))
+    return {
+        "model": name, "seconds": round(seconds, 1), "epochs": len(history),
+        "best_val_per": best.get("val/per"), "val_wer_at_best_per": best.get("val/wer"),
+        "final_val_per": history[-1].get("val/per"), "final_val_wer": history[-1].get("val/wer"),
+        "train_trials_per_second": trials, "peak_rss_mb": round(max(h["time/peak_rss_mb"] for h in history)),
+    }
+
+
+def _train_trials_seen(run_dir: Path) -> float | None:
+    from mode_ssm.training.wandb_records import find_run_logs, read_run
+
+    logs = find_run_logs(run_dir / "wandb")
+    if not logs:
+        return None
+    rows = [r for r in read_run(logs[-1]).history if "train/trials_per_second" in r]
+    rates = sorted(r["train/trials_per_second"] for r in rows)
+    return round(rates[len(rates) // 2], 2) if rates else None  # median batch
+
+
+def encoder_ms_per_1000_frames(name: str, lengths: list[int], batch: int = 16) -> dict[int, float]:
+    """Forward+backward of the model's time-mixing core on random input, one thread."""
+    from omegaconf import OmegaConf
+
+    from mode_ssm.models.build import build_model
+
+    torch.set_num_threads(1)
+    cfg = OmegaConf.load(REPO / "configs" / "model" / f"{'mode_ssm_small' if name == 'mode_ssm' else name}.yaml")
+    model = build_model(cfg, n_days=1, n_channels=512)
+    out = {}
+    for length in lengths:
+        x = torch.randn(batch, length, 512)
+        lens = torch.full((batch,), length)
+        day = torch.zeros(batch, dtype=torch.long)
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            res = model(x, lens, day)
+            res["phoneme_logits"].sum().backward()
+            times.append(time.perf_counter() - t0)
+        out[length] = round(1000 * min(times) / (batch * length / 1000), 2)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--out", default="outputs/compare_models")
+    p.add_argument("--lengths", type=int, nargs=2, default=[500, 1500], help="bins of 20 ms")
+    p.add_argument("extra", nargs="*", help="more overrides for both runs")
+    args = p.parse_args()
+    out_dir = Path(args.out).resolve()
+    rows = []
+    for name in args.models:
+        row = train(name, MODELS[name], args, out_dir)
+        row["ms_per_1000_frames"] = encoder_ms_per_1000_frames(name, args.lengths)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print("\n| model | best val PER | val WER (%) at best PER | train trials/s | peak RSS (MB) | "
+          + " | ".join(f"fwd+bwd ms / 1000 frames @ {n} bins" for n in args.lengths) + " |")
+    print("|---" * (5 + len(args.lengths)) + "|")
+    for r in rows:
+        ms = " | ".join(str(r["ms_per_1000_frames"][n]) for n in args.lengths)
+        print(f"| {r['model']} | {r['best_val_per']:.3f} | {r['val_wer_at_best_per']:.1f} | "
+              f"{r['train_trials_per_second']} | {r['peak_rss_mb']} | {ms} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training: the loop, curriculum, checkpoints, W&B tracking and data parallelism."""

@@ -1,0 +1,379 @@
+"""The training loop: data, forward, loss, backward, step, log — one place to read.
+
+``train(cfg, run_dir, launch_dir)`` runs the curriculum in ``cfg.training.stages``
+on one process or data-parallel under torchrun, tracks it in W&B, checkpoints
+atomically to ``run_dir/checkpoints/`` and resumes exactly (stage, epoch, batch,
+optimizer, scheduler, RNG and data order) from ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from mode_ssm.data.augment import Augmenter
+from mode_ssm.data.batching import LengthBucketSampler, collate_trials
+from mode_ssm.data.t15 import DayIndex, T15Split, ctc_min_time_steps
+from mode_ssm.evaluation import autocast_for, decode_split, move_batch, summarize
+from mode_ssm.losses import compute_losses
+from mode_ssm.models.build import build_model
+from mode_ssm.models.mode_ssm import component_parameters, set_trainable
+from mode_ssm.training import distributed
+from mode_ssm.training.checkpoint import (
+    load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state,
+)
+from mode_ssm.training.data import block_mode_targets, block_truth, build_word_decoder, resolve_data_root
+from mode_ssm.training.progress import Progress, print_summary
+from mode_ssm.training.schedule import warmup_cosine
+from mode_ssm.training.tracking import start_tracker
+
+log = logging.getLogger(__name__)
+
+LOSS_NAMES = ("ctc", "rnnt", "mode", "denoise")
+
+
+class TrainingAborted(RuntimeError):
+    pass
+
+
+@dataclass
+class Position:
+    """Where training is; saved in every checkpoint so a resume continues exactly here."""
+
+    stage: int = 0
+    epoch_in_stage: int = 0
+    epoch: int = 0  # global epoch counter across stages (the W&B `epoch` axis)
+    batch_in_epoch: int = 0  # micro-batches of this rank done in the current epoch
+    batch: int = 0  # global micro-batch counter (the W&B `batch` axis)
+    optimizer_steps_in_stage: int = 0
+    nonfinite_batches: int = 0
+    best_wer: float = math.inf
+    best_per: float = math.inf
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def next_stage(self) -> None:
+        self.stage += 1
+        self.epoch_in_stage = self.batch_in_epoch = self.optimizer_steps_in_stage = 0
+
+
+def _augmenter(cfg: DictConfig) -> Augmenter:
+    aug = dict(OmegaConf.to_container(cfg.augmentation, resolve=True))
+    enabled = aug.pop("enabled", True)
+    if not enabled:  # smoothing belongs to the input pipeline, the rest is augmentation
+        aug = {"smooth_std": aug.get("smooth_std", 0.0)}
+    return Augmenter(aug)
+
+
+def _stage_plan(model: torch.nn.Module, stage: DictConfig) -> tuple[list[str], dict[str, float]]:
+    """The stage's components and loss weights, reduced to what this model has."""
+    available = {c for c in model.COMPONENTS if getattr(model, c, None) is not None}
+    components = [c for c in stage.components if c in available]
+    weights = {k: float(stage.loss_weights.get(k, 0.0)) for k in LOSS_NAMES}
+    for name, component in (("rnnt", "rnnt"), ("mode", "mode_head"), ("denoise", "flow_bridge")):
+        if component not in available:
+            weights[name] = 0.0
+    return components, weights
+
+
+def _make_optimizer(cfg: DictConfig, model: torch.nn.Module, components: list[str], steps: int):
+    params = [p for p in component_parameters(model, components) if p.requires_grad]
+    o = cfg.training.optimizer
+    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps)
+    s = cfg.training.scheduler
+    return optimizer, warmup_cosine(optimizer, steps, s.warmup_steps, s.min_lr_ratio)
+
+
+def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[str, Any]:
+    ctx = distributed.setup(cfg.device)
+    run_dir = Path(distributed.broadcast_object(ctx, str(Path(run_dir).resolve())))
+    launch_dir = Path(launch_dir).resolve()
+    ckpt_dir = run_dir / "checkpoints"
+    torch.set_num_threads(int(cfg.torch_threads))
+    amp = bool(cfg.amp) and ctx.device.type == "cuda"
+
+    # ---- resume? -------------------------------------------------------------------------
+    if ctx.is_main:
+        remove_stale_temporaries(ckpt_dir)
+    resume_path = launch_dir / Path(cfg.training.resume).expanduser() if cfg.training.resume else ckpt_dir / "last.pt"
+    state = load_checkpoint(resume_path) if resume_path.is_file() else None
+    if cfg.training.resume and state is None:
+        raise FileNotFoundError(f"training.resume={cfg.training.resume}: no such checkpoint")
+    if state is None:
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+
+    # ---- data ------------------------------------------------------------------------------
+    data_root = resolve_data_root(cfg, launch_dir, ctx)
+    num_channels = int(cfg.preprocessor.num_channels)
+    day_index = DayIndex.from_dict(state["day_index"]) if state else None
+    split_args = dict(
+        max_sessions=cfg.data.max_sessions, on_bad_session=cfg.data.on_bad_session,
+        validate=cfg.data.validate, num_channels=num_channels,
+    )
+    train_set = T15Split(data_root, "train", day_index=day_index, **split_args)
+    day_index = train_set.day_index
+    val_set = T15Split(data_root, "val", day_index=day_index, sessions=train_set.sessions, **split_args)
+    if ctx.is_main:
+        print(train_set.report.summary())
+    sampler = LengthBucketSampler(
+        train_set.trial_lengths(), cfg.training.batch_size, shuffle=True, seed=cfg.seed,
+        num_replicas=ctx.world_size, rank=ctx.rank,
+    )
+    # its own generator: a loader drawing from the global RNG would make a resumed run differ
+    train_loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_trials,
+                              num_workers=cfg.data.num_workers, generator=torch.Generator())
+
+    def eval_loader(dataset, indices=None):
+        lengths = dataset.trial_lengths() if indices is None else dataset.trial_lengths()[indices]
+        ev = LengthBucketSampler(lengths, cfg.training.batch_size, shuffle=False, num_replicas=ctx.world_size, rank=ctx.rank)
+        base = dataset if indices is None else torch.utils.data.Subset(dataset, indices)
+        return DataLoader(base, batch_sampler=_unique(ev, ctx), collate_fn=collate_trials,
+                          generator=torch.Generator())
+
+    n_train_wer = min(int(cfg.data.train_wer_trials), len(train_set))
+    train_wer_indices = np.random.default_rng(cfg.seed).choice(len(train_set), n_train_wer, replace=False)
+    mode_targets = block_mode_targets(train_set)  # unsupervised pseudo-labels, never the truth
+    if ctx.is_main:
+        agreement = mode_targets.agreement_with_truth(block_truth(train_set))
+        print("speaking-mode pseudo-labels: " + (f"{100 * agreement:.1f}% of train blocks agree with the simulator's truth"
+              if agreement is not None else "no ground truth in this data (real data): accuracy cannot be measured"))
+    word_decoder = build_word_decoder(cfg, train_set, run_dir, ctx)
+    augmenter = _augmenter(cfg)
+    aug_generator = torch.Generator().manual_seed(cfg.seed * 1000 + ctx.rank)
+
+    # ---- model -----------------------------------------------------------------------------
+    model_cfg = OmegaConf.merge(cfg.model, {"num_channels": num_channels})
+    model = build_model(model_cfg, n_days=len(day_index), n_channels=num_channels).to(ctx.device)
+    if state:
+        model.load_state_dict(state["model"])
+    ddp_model = DistributedDataParallel(model, find_unused_parameters=True) if ctx.enabled else model
+
+    pos = Position()
+    if state:
+        pos = Position(**state["position"])
+        set_rng_state(state["rng"])  # after model construction, which draws from the RNG
+        aug_generator.set_state(state["aug_rng"])
+    tracker = start_tracker(
+        cfg.wandb, run_dir, OmegaConf.to_container(cfg, resolve=True), launch_dir,
+        resume_id=state.get("wandb_run_id") if state else None, is_main=ctx.is_main,
+    )
+
+    def checkpoint(name: str, optimizer=None, scheduler=None) -> None:
+        """Save; at a stage boundary there is no optimizer state worth keeping (the next stage builds its own)."""
+        if not ctx.is_main:
+            return
+        save_checkpoint(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "position": pos.__dict__,
+                "rng": rng_state(),
+                "aug_rng": aug_generator.get_state(),
+                "day_index": day_index.to_dict(),
+                "config": OmegaConf.to_container(cfg, resolve=True),
+                "model_config": OmegaConf.to_container(model_cfg, resolve=True),
+                "wandb_run_id": tracker.run_id,
+                "data_root": str(data_root),
+            },
+            ckpt_dir / name,
+        )
+
+    def evaluate(dataset, indices=None) -> dict[str, Any]:
+        rows = decode_split(
+            model, _transformed(eval_loader(dataset, indices), augmenter), ctx, word_decoder, amp
+        )
+        return summarize(rows)
+
+    stages = list(cfg.training.stages)
+    progress = Progress(enabled=ctx.is_main)
+    max_steps = cfg.training.max_steps
+    budget_s = 60.0 * cfg.training.time_budget_minutes if cfg.training.time_budget_minutes else math.inf
+    train_start = time.perf_counter()
+    total_steps = 0
+
+    def out_of_budget() -> bool:
+        if max_steps and total_steps >= max_steps:
+            return True
+        if budget_s == math.inf:
+            return False
+        # rank 0's clock decides, so every rank stops at the same step
+        return bool(distributed.broadcast_object(ctx, time.perf_counter() - train_start > budget_s))
+
+    accum = int(cfg.training.gradient_accumulation_steps)
+    try:
+        while pos.stage < len(stages):
+            stage = stages[pos.stage]
+            components, weights = _stage_plan(model, stage)
+            if not components or not any(weights.values()):
+                if ctx.is_main:
+                    print(f"stage {stage.name}: nothing to train for {cfg.model.name}; skipped")
+                pos.next_stage()
+                continue
+            set_trainable(model, components)
+            steps_per_epoch = math.ceil(sampler.batches_per_rank / accum)
+            optimizer, scheduler = _make_optimizer(cfg, model, components, steps_per_epoch * stage.epochs)
+            if state and state["optimizer"] is not None:
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+            state = None
+            if ctx.is_main and pos.epoch_in_stage == 0 and pos.batch_in_epoch == 0:
+                print(f"stage {pos.stage + 1}/{len(stages)} {stage.name}: training {components} "
+                      f"with loss weights {weights}")
+                tracker.log({"stage/index": pos.stage, "epoch": pos.epoch})
+            while pos.epoch_in_stage < stage.epochs:
+                sampler.set_epoch(pos.epoch, start_batch=pos.batch_in_epoch)
+                ddp_model.train()
+                progress.start_epoch(f"{stage.name} epoch {pos.epoch + 1}", len(sampler), pos.batch_in_epoch)
+                epoch_start = time.perf_counter()
+                optimizer.zero_grad(set_to_none=True)
+                for batch in train_loader:
+                    t0 = time.perf_counter()
+                    batch = move_batch(batch, ctx.device)
+                    min_len = torch.tensor([ctc_min_time_steps(p[:n].tolist()) for p, n in
+                                            zip(batch["phoneme_ids"].cpu(), batch["phoneme_lengths"].cpu())])
+                    feats, lens = augmenter(batch["features"], batch["feature_lengths"], aug_generator, True,
+                                            min_len.to(ctx.device))
+                    batch = {**batch, "features": feats, "feature_lengths": lens}
+                    last_micro = (pos.batch_in_epoch + 1) % accum == 0 or pos.batch_in_epoch + 1 == sampler.batches_per_rank
+                    sync = ddp_model.no_sync() if ctx.enabled and not last_micro else _null()
+                    with sync:
+                        with autocast_for(ctx.device, amp):
+                            out = ddp_model(batch["features"], batch["feature_lengths"], batch["day_index"])
+                            targets = mode_targets.lookup(batch).to(ctx.device)
+                            losses = compute_losses(model, batch, out, weights, targets)
+                        finite = bool(torch.isfinite(losses["total"]).item())
+                        if not finite:
+                            pos.nonfinite_batches += 1
+                            log.warning("non-finite loss in batch %d (%s); skipped", pos.batch, losses.get("nonfinite"))
+                            if pos.nonfinite_batches > cfg.training.max_nonfinite_batches:
+                                raise TrainingAborted(
+                                    f"{pos.nonfinite_batches} batches had a non-finite loss (limit "
+                                    f"training.max_nonfinite_batches={cfg.training.max_nonfinite_batches}); "
+                                    "lower training.optimizer.lr or check the data")
+                            # keep DDP's collective pattern intact: backward a zero loss
+                            (losses["total"].nan_to_num(0.0, 0.0, 0.0) * 0.0).backward()
+                        else:
+                            (losses["total"] / accum).backward()
+                    pos.batch_in_epoch += 1
+                    pos.batch += 1
+                    grad_norm = None
+                    if last_micro:
+                        grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                            [p for p in model.parameters() if p.requires_grad], cfg.training.max_grad_norm))
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        pos.optimizer_steps_in_stage += 1
+                        total_steps += 1
+                    batch_time = time.perf_counter() - t0
+                    metrics = {"train/loss": float(losses["total"].detach()) if finite else float("nan"),
+                               "train/batch_time": batch_time, "batch": pos.batch, "epoch": pos.epoch,
+                               "train/trials_per_second": len(batch["sessions"]) * ctx.world_size / batch_time}
+                    for name in LOSS_NAMES:
+                        if weights[name] and name in losses:
+                            metrics[f"train/loss_{name}"] = float(losses[name].detach())
+                    if grad_norm is not None:
+                        metrics["train/grad_norm"] = grad_norm
+                    tracker.log(metrics)
+                    progress.advance(metrics["train/loss"], batch_time)
+                    if last_micro and cfg.training.checkpoint_every_steps and \
+                            pos.optimizer_steps_in_stage % cfg.training.checkpoint_every_steps == 0:
+                        checkpoint("last.pt", optimizer, scheduler)
+                    if last_micro and out_of_budget():
+                        break
+                progress.end_epoch()
+                epoch_time = time.perf_counter() - epoch_start
+                # ---- end of epoch: validation on the whole val set, train/wer on a fixed sample --
+                val = evaluate(val_set)
+                train_eval = evaluate(train_set, train_wer_indices)
+                epoch_metrics = {
+                    "epoch": pos.epoch, "learning_rate": optimizer.param_groups[0]["lr"],
+                    "val/loss": val.get("loss"), "val/per": val.get("per"),
+                    "val/wer": _pct(val.get("wer")), "val/phoneme_accuracy": _pct(val.get("phoneme_accuracy")),
+                    "train/wer": _pct(train_eval.get("wer")), "train/per": train_eval.get("per"),
+                    "time/epoch_seconds": epoch_time, "stage/index": pos.stage,
+                    "time/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                }
+                if val.get("mode_accuracy") is not None:
+                    epoch_metrics["val/mode_accuracy"] = _pct(val["mode_accuracy"])
+                    epoch_metrics["val/mode_accuracy_block"] = _pct(val.get("mode_accuracy_block"))
+                tracker.log({k: v for k, v in epoch_metrics.items() if v is not None})
+                pos.history.append({k: v for k, v in epoch_metrics.items() if v is not None} | {"stage": stage.name})
+                if ctx.is_main:
+                    progress.epoch_line(epoch_metrics, stage.name)
+                pos.epoch += 1
+                pos.epoch_in_stage += 1
+                pos.batch_in_epoch = 0
+                improved = _improved(val, pos)
+                checkpoint("last.pt", optimizer, scheduler)
+                if improved:
+                    checkpoint("best.pt", optimizer, scheduler)
+                distributed.barrier(ctx)
+                if out_of_budget():
+                    break
+            if out_of_budget():
+                break
+            pos.next_stage()
+            checkpoint("last.pt")
+        summary = {
+            "best_val_wer": _pct(pos.best_wer) if math.isfinite(pos.best_wer) else None,
+            "best_val_per": pos.best_per if math.isfinite(pos.best_per) else None,
+            "best_checkpoint": str(ckpt_dir / "best.pt"),
+            "last_checkpoint": str(ckpt_dir / "last.pt"),
+            "wandb_dir": str(run_dir / "wandb") if tracker.active else None,
+            "wandb_mode": tracker.mode if tracker.active else None,
+            "nonfinite_batches": pos.nonfinite_batches,
+            "epochs": pos.epoch,
+            "history": pos.history,
+        }
+        tracker.summary({k: v for k, v in summary.items() if k.startswith("best_") and v is not None})
+        if ctx.is_main:
+            print_summary(summary)
+        return summary
+    finally:
+        tracker.finish()
+        distributed.cleanup(ctx)
+
+
+def _pct(x: float | None) -> float | None:
+    return None if x is None else 100.0 * x
+
+
+def _improved(val: dict[str, Any], pos: Position) -> bool:
+    wer, per = val.get("wer", math.inf), val.get("per", math.inf)
+    if (wer, per) < (pos.best_wer, pos.best_per):
+        pos.best_wer, pos.best_per = wer, per
+        return True
+    return False
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _unique(sampler: LengthBucketSampler, ctx) -> list[list[int]]:
+    """Evaluation batches with no trial twice across ranks (the train sampler repeats a few to even out ranks)."""
+    batches = sampler.epoch_batches()
+    return batches[ctx.rank :: ctx.world_size]
+
+
+def _transformed(loader, augmenter: Augmenter):
+    for batch in loader:
+        feats, lens = augmenter(batch["features"], batch["feature_lengths"], None, False)
+        yield {**batch, "features": feats, "feature_lengths": lens}

@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny simulated data roots, made once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+os.environ.setdefault("WANDB_SILENT", "true")
+
+TINY_SIM = {
+    "name": "tiny",
+    "sessions": ["t15.2023.08.13", "t15.2023.08.18", "t15.2023.08.20", "t15.2023.08.25"],
+    "trial_fraction": 0.08,
+    "max_words": 4,
+    "silent_fraction": 0.4,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(tmp_path_factory):
+    """Four sessions, a few dozen short trials: enough for every command line to run in seconds."""
+    from mode_ssm.sim.simulate import simulate
+
+    root = tmp_path_factory.mktemp("sim") / "hdf5_data_final"
+    simulate(TINY_SIM, output_dir=root, seed=0)
+    return root

@@ -1,0 +1,259 @@
+"""The scripts/train.py contract, run as a user runs it: command lines, W&B offline, torchrun, resume.
+
+Every run here is a real subprocess on tiny simulated data, with no network, no
+API key and no terminal (stdin closed), and is read back from its .wandb log.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mode_ssm.training.checkpoint import load_checkpoint
+from mode_ssm.training.tracking import resolve_mode
+from mode_ssm.training.wandb_records import find_run_logs, read_run
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN = str(REPO / "scripts" / "train.py")
+
+# A model and decoder small enough that each run takes seconds.
+TINY = [
+    "model.d_model=32", "model.n_layers=1", "model.predictor_dim=32", "model.joiner_dim=32",
+    "model.flow_hidden=32", "model.mode_hidden=16", "model.head_dim=16", "model.chunk_size=16",
+    "decoding.extra_vocabulary=100", "decoding.beam=8", "data.train_wer_trials=8",
+    "training.scheduler.warmup_steps=2",
+]
+CONTRACT = [
+    "wandb.enabled=true", "wandb.entity=your-username", "wandb.run_name=rnnt-scaled-loss-test",
+    "data.data_root=data/hdf5_data_final", "data.max_sessions=3", "preprocessor.num_channels=512",
+    "training.batch_size=1", "training.gradient_accumulation_steps=4", "training.stages.0.epochs=2",
+    "training.stages.1.epochs=2", "training.optimizer.lr=0.00005",
+]
+BATCH_METRICS = ("train/loss", "train/batch_time", "batch", "epoch")
+EPOCH_METRICS = ("val/loss", "val/wer", "val/phoneme_accuracy", "val/mode_accuracy", "learning_rate", "train/wer", "epoch")
+
+
+def user_env(home: Path) -> dict[str, str]:
+    """A user's environment with no W&B key, mode or settings: HOME is empty."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(home), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", WANDB_SILENT="true")
+    return env
+
+
+def run_train(args, cwd: Path, env: dict[str, str], timeout: float = 240, launcher=None) -> subprocess.CompletedProcess:
+    cmd = (launcher or [sys.executable, TRAIN]) + list(args)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture()
+def workdir(tmp_path, tiny_data_root):
+    """Where the user types the command: the data linked in at a relative path, an empty HOME."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "hdf5_data_final").symlink_to(tiny_data_root)
+    (tmp_path / "home").mkdir()
+    return tmp_path
+
+
+def the_run(run_dir: Path):
+    logs = find_run_logs(run_dir / "wandb")
+    assert len(logs) == 1, f"expected one W&B run in {run_dir / 'wandb'}, found {logs}"
+    return read_run(logs[0])
+
+
+def test_contract_command_line_offline_without_key(workdir):
+    proc = run_train(CONTRACT + TINY + ["hydra.run.dir=outputs/contract"], workdir, user_env(workdir / "home"))
+    out = proc.stdout + proc.stderr
+    assert out.count("no W&B API key found") == 1, out[-3000:]
+    run_dir = workdir / "outputs" / "contract"
+    assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "checkpoints" / "best.pt").is_file()
+    run = the_run(run_dir)
+    assert run.name == "rnnt-scaled-loss-test"
+    assert run.tags == ["brain-to-text", "ssm", "rnnt"]
+    assert run.notes == "MODE-SSM training with curriculum learning"
+    assert run.exit_code == 0
+    cfg = run.config
+    assert cfg["wandb"]["entity"] == "your-username"
+    assert cfg["training"]["batch_size"] == 1 and cfg["training"]["gradient_accumulation_steps"] == 4
+    assert cfg["training"]["optimizer"]["lr"] == pytest.approx(5e-5)
+    assert [s["epochs"] for s in cfg["training"]["stages"]] == [2, 2, 1, 1]
+    assert cfg["data"]["max_sessions"] == 3 and cfg["preprocessor"]["num_channels"] == 512
+    assert cfg["model"]["d_model"] == 32 and cfg["model"]["name"] == "mode_ssm"
+    # cadence: one row per batch with the batch metrics, one per epoch with the epoch metrics
+    batch_rows = [r for r in run.history if "train/loss" in r]
+    epoch_rows = [r for r in run.history if "val/wer" in r]
+    assert all(all(k in r for k in BATCH_METRICS) for r in batch_rows)
+    assert len(epoch_rows) == 6 and [r["epoch"] for r in epoch_rows] == list(range(6))
+    assert all(all(k in r for k in EPOCH_METRICS) for r in epoch_rows)
+    n_train = load_checkpoint(run_dir / "checkpoints" / "last.pt")["position"]["batch"]
+    assert len(batch_rows) == n_train and [r["batch"] for r in batch_rows] == list(range(1, n_train + 1))
+    assert n_train % 6 == 0  # batch_size 1: every epoch is every train trial once
+    assert all(0.0 <= r["val/wer"] and 0.0 <= r["val/mode_accuracy"] <= 100.0 for r in epoch_rows)
+    assert run.step_metrics["train/loss"] == "batch" and run.step_metrics["val/*"] == "epoch"
+    assert run.step_metrics["train/wer"] == "epoch" and run.step_metrics["learning_rate"] == "epoch"
+
+
+def test_wandb_offline_typed_in_project_dir_and_tags_override(workdir):
+    env = user_env(workdir / "home")
+    subprocess.run(["wandb", "offline"], cwd=workdir, env=env, check=True, capture_output=True, stdin=subprocess.DEVNULL)
+    assert (workdir / "wandb" / "settings").is_file()
+    args = ["wandb.enabled=true", "wandb.tags=[rnnt-fix,scaled-loss,3-sessions]", "data.data_root=data/hdf5_data_final",
+            "training.max_steps=3", "hydra.run.dir=outputs/tags"] + TINY
+    proc = run_train(args, workdir, env)
+    assert "no W&B API key found" not in proc.stdout + proc.stderr  # the settings file decided, not the fallback
+    run = the_run(workdir / "outputs" / "tags")
+    assert run.tags == ["rnnt-fix", "scaled-loss", "3-sessions"]
+
+
+def test_plain_wandb_enabled_uses_default_data(workdir, tiny_data_root):
+    env = user_env(workdir / "home") | {"MODE_SSM_DATA_DIR": str(tiny_data_root)}
+    run_train(["wandb.enabled=true", "training.max_steps=2"] + TINY, workdir, env)
+    run_dirs = list((workdir / "outputs").iterdir())
+    assert len(run_dirs) == 1 and run_dirs[0].name[:4].isdigit()  # outputs/<date>_<time>/
+    run = the_run(run_dirs[0])
+    assert run.config["data"]["data_root"] is None and run.config["wandb"]["project"] == "mode-ssm"
+
+
+def test_mistyped_key_gets_hydra_error(workdir):
+    proc = subprocess.run([sys.executable, TRAIN, "training.batchsize=4"], cwd=workdir, env=user_env(workdir / "home"),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "Could not override 'training.batchsize'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resolve_mode_honours_settings_before_probing(tmp_path, monkeypatch):
+    import mode_ssm.training.tracking as tracking
+
+    monkeypatch.setattr(tracking, "_reachable", lambda *a, **k: pytest.fail("must not touch the network"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    (tmp_path / "wandb").mkdir()
+    (tmp_path / "wandb" / "settings").write_text("[default]\nmode = offline\n")
+    assert resolve_mode(tmp_path)[0] == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_mode(tmp_path)[0] == "disabled"
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_API_KEY")
+    mode, reason = resolve_mode(tmp_path / "home")
+    assert mode == "offline" and "no W&B API key" in reason
+
+
+def _params(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].numel())
+
+
+NO_NOISE = ["augmentation.enabled=false", "model.dropout=0.0", "model.input_dropout=0.0"]
+
+
+def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(workdir):
+    env = user_env(workdir / "home")
+    common = ["data.data_root=data/hdf5_data_final", "training.max_steps=4", "training.batch_size=2",
+              "training.stages.0.epochs=1", "wandb.enabled=true"] + TINY + NO_NOISE
+    run_train(common + ["training.gradient_accumulation_steps=2", "hydra.run.dir=outputs/single"], workdir, env)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", TRAIN]
+    run_train(common + ["training.gradient_accumulation_steps=1", "hydra.run.dir=outputs/ddp"], workdir, env,
+              timeout=300, launcher=torchrun)
+    single, ddp = workdir / "outputs" / "single", workdir / "outputs" / "ddp"
+    assert sorted(p.name for p in (workdir / "outputs").iterdir()) == ["ddp", "single"]  # no stray run dirs
+    assert len(find_run_logs(ddp / "wandb")) == 1
+    assert sorted(p.name for p in (ddp / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    a, b = _params(single / "checkpoints" / "last.pt"), _params(ddp / "checkpoints" / "last.pt")
+    assert _max_diff(a, b) < 1e-5
+    assert load_checkpoint(ddp / "checkpoints" / "last.pt")["position"]["batch"] == 4  # 4 steps x 1 micro-batch
+
+
+RESUME_ARGS = ["data.data_root=data/hdf5_data_final", "training.batch_size=2", "training.checkpoint_every_steps=1",
+               "training.stages.0.epochs=1", "training.stages.1.epochs=1", "training.stages.2.epochs=0",
+               "training.stages.3.epochs=0", "wandb.enabled=true"] + TINY
+
+
+def _kill_when(proc: subprocess.Popen, ckpt: Path, min_batch: int, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended before it could be killed:\n{proc.stdout.read()[-3000:]}")
+        try:
+            if ckpt.is_file() and load_checkpoint(ckpt)["position"]["batch"] >= min_batch:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return
+        except Exception:
+            pass  # caught mid-rename; look again
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("checkpoint never reached the kill point")
+
+
+def test_sigkill_mid_epoch_then_rerun_resumes_exactly(workdir):
+    env = user_env(workdir / "home")
+    run_train(RESUME_ARGS + ["hydra.run.dir=outputs/straight"], workdir, env)
+    straight = workdir / "outputs" / "straight"
+    n_batches = load_checkpoint(straight / "checkpoints" / "last.pt")["position"]["batch"]
+
+    resumed = workdir / "outputs" / "resumed"
+    cmd = [sys.executable, TRAIN] + RESUME_ARGS + ["hydra.run.dir=outputs/resumed"]
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    _kill_when(proc, resumed / "checkpoints" / "last.pt", min_batch=n_batches // 3 + 1)
+    killed_at = load_checkpoint(resumed / "checkpoints" / "last.pt")["position"]
+    assert 0 < killed_at["batch"] < n_batches
+    first_id = load_checkpoint(resumed / "checkpoints" / "last.pt")["wandb_run_id"]
+    assert first_id
+    run_train(RESUME_ARGS + ["hydra.run.dir=outputs/resumed"], workdir, env)  # the same command again
+    # Offline, wandb keeps each process's records in a folder of its own named after the run id;
+    # the killed process may not have flushed its log, the resumed one continues the same id.
+    logs = find_run_logs(resumed / "wandb")
+    assert len(logs) == 2 and all(p.parent.name.endswith("-" + first_id) for p in logs)
+    assert read_run(logs[-1]).run_id == first_id
+
+    assert _max_diff(_params(straight / "checkpoints" / "last.pt"), _params(resumed / "checkpoints" / "last.pt")) < 1e-6
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")["position"]
+    b = load_checkpoint(resumed / "checkpoints" / "last.pt")["position"]
+    assert a["batch"] == b["batch"] and a["epoch"] == b["epoch"]
+    assert [h["val/wer"] for h in a["history"]] == pytest.approx([h["val/wer"] for h in b["history"]])
+
+
+CRASH_IN_SAVE = """
+import os, signal, sys, runpy
+import mode_ssm.training.checkpoint as ck
+real_save, calls = ck.torch.save, [0]
+def save(obj, f, *a, **k):
+    real_save(obj, f, *a, **k)
+    calls[0] += 1
+    if calls[0] == int(os.environ["CRASH_AT_SAVE"]):  # written to the temporary file, not yet renamed
+        f.flush(); os.kill(os.getpid(), signal.SIGKILL)
+ck.torch.save = save
+sys.argv = [sys.argv[1]] + sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_kill_during_checkpoint_write_keeps_previous_and_resumes(workdir):
+    env = user_env(workdir / "home") | {"CRASH_AT_SAVE": "4"}
+    crashed = workdir / "outputs" / "crash"
+    proc = subprocess.run([sys.executable, "-c", CRASH_IN_SAVE, TRAIN] + RESUME_ARGS + ["hydra.run.dir=outputs/crash"],
+                          cwd=workdir, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    last = crashed / "checkpoints" / "last.pt"
+    assert load_checkpoint(last)["position"]["batch"] == 3  # the third save survived the fourth's crash
+    env.pop("CRASH_AT_SAVE")
+    run_train(RESUME_ARGS + ["hydra.run.dir=outputs/crash"], workdir, env)
+    run_train(RESUME_ARGS + ["hydra.run.dir=outputs/straight2"], workdir, env)
+    assert _max_diff(_params(last), _params(workdir / "outputs" / "straight2" / "checkpoints" / "last.pt")) < 1e-6
+    assert not list((crashed / "checkpoints").glob(".*tmp*"))  # the torn file was cleaned up or never renamed
