@@ -1,0 +1,150 @@
+"""Test-time adaptation against neural drift, on simulated data (one CPU thread).
+
+    python benchmarks/tta_drift.py [--root DIR] [--train-minutes 7] [--checkpoint PATH] [--tta key=value ...]
+
+1. Simulates the ``bench`` preset (11 sessions from 2023-08-11 to 2025-04-13)
+   into ``ROOT/hdf5_data_final`` unless it is there.
+2. Trains a small MODE-SSM (d_model 64, CTC stage only, 12 epochs or
+   ``--train-minutes``, no augmentation but the input smoothing; about 7
+   minutes on one CPU core) on the first ``--train-sessions`` sessions with
+   scripts/train.py, unless ``ROOT/run/checkpoints/best.pt`` exists or
+   ``--checkpoint`` is given.
+3. Decodes the val trials of every session with the lexicon + 3-gram decoder,
+   without TTA and with it (whitening only, entropy minimisation only, both),
+   and prints PER/WER for: sessions seen in training (no drift relative to their
+   own day layer), near unseen sessions (<= 2 months after the last training
+   day) and late unseen sessions (4-17 months after), decoded with the nearest
+   earlier day's layer.
+
+TTA settings default to ``configs/evaluate.yaml``'s ``tta`` section; ``--tta
+steps=20 lr=0.003`` overrides them. Numbers depend on how far the small model
+trained: with a few CPU minutes it is weak, so read the relative changes, and
+the absolute WER, with that in mind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parent.parent
+NEAR_DAYS = 62
+
+
+def simulate(root: Path) -> Path:
+    data = root / "hdf5_data_final"
+    if (data / "simulation.json").is_file():
+        return data
+    cmd = [sys.executable, str(REPO / "scripts" / "simulate.py"), "preset=bench", f"output_dir={data}",
+           f"hydra.run.dir={root / 'simulate_log'}"]
+    print("simulating:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return data
+
+
+def train(data: Path, run_dir: Path, sessions: int, minutes: float) -> Path:
+    ckpt = run_dir / "checkpoints" / "best.pt"
+    if ckpt.is_file():
+        print(f"using the trained checkpoint {ckpt} (delete {run_dir} to retrain)")
+        return ckpt
+    cmd = [
+        sys.executable, str(REPO / "scripts" / "train.py"), f"data.data_root={data}", f"data.max_sessions={sessions}",
+        "data.validate=metadata", "model.d_model=64", "model.head_dim=32", "augmentation.enabled=false",
+        "training.batch_size=8", "training.optimizer.lr=0.003", "training.scheduler.warmup_steps=20",
+        # the CTC stage only: 12 epochs of 78 batches on bench's first 5 sessions, or the time budget
+        "training.stages.0.epochs=12", "training.max_steps=936", f"training.time_budget_minutes={minutes}",
+        "decoding.extra_vocabulary=1000", "data.train_wer_trials=16", f"hydra.run.dir={run_dir}",
+    ]
+    print("training:", " ".join(cmd), flush=True)
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"})
+    print(f"trained in {time.perf_counter() - started:.0f} s", flush=True)
+    return ckpt
+
+
+def group_of(session: str, day, last_train: str) -> str:
+    from mode_ssm.reports import days_since
+
+    if day.exact:
+        return "seen"
+    return "near unseen" if days_since(session, last_train) <= NEAR_DAYS else "late unseen"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", type=Path, default=Path("/tmp/mode_ssm_tta_drift"))
+    p.add_argument("--checkpoint", type=Path, default=None)
+    p.add_argument("--train-sessions", type=int, default=5)
+    p.add_argument("--train-minutes", type=float, default=7.0, help="training stops here if 12 epochs take longer")
+    p.add_argument("--tta", nargs="*", default=[], help="overrides of configs/evaluate.yaml's tta, e.g. steps=20")
+    p.add_argument("--conditions", nargs="*", default=["none", "whiten", "entropy", "both"])
+    args = p.parse_args()
+    torch.set_num_threads(1)
+
+    from mode_ssm.evaluation import summarize
+    from mode_ssm.inference import WordDecoding, decode_trials, load_model, make_search, open_split
+    from mode_ssm.tta import TTAConfig
+
+    data = simulate(args.root)
+    ckpt = args.checkpoint or train(data, args.root / "run", args.train_sessions, args.train_minutes)
+    base = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "evaluate.yaml").tta)
+    base.update({k: OmegaConf.from_dotlist([o]).get(k) for o in args.tta for k in [o.split("=", 1)[0]]})
+    tta_cfgs = {
+        "none": TTAConfig.from_mapping({**base, "enabled": False}),
+        "whiten": TTAConfig.from_mapping({**base, "enabled": True, "steps": 0}),
+        "entropy": TTAConfig.from_mapping({**base, "enabled": True, "whiten": False}),
+        "both": TTAConfig.from_mapping({**base, "enabled": True}),
+    }
+    loaded = load_model(ckpt)
+    split = open_split(loaded, data, "val", validate="metadata")
+    words = WordDecoding(loaded, data, args.root / "lm")
+    _, word_decoder = make_search("ctc_lm", loaded, words)
+    last_train = loaded.day_index.sessions[-1]
+    print(f"model trained on {list(loaded.day_index.sessions)}; "
+          f"val: {len(split)} trials in {len(split.sessions)} sessions")
+    print(f"TTA settings: {tta_cfgs['both'].to_dict()}")
+
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for name in args.conditions:
+        started = time.perf_counter()
+        res = decode_trials(loaded, split, word_decoder=word_decoder, tta=tta_cfgs[name], batch_size=16)
+        groups: dict[str, list] = {}
+        for r in res.rows:
+            groups.setdefault(group_of(r["session"], res.days[r["session"]], last_train), []).append(r)
+        groups["all"] = res.rows
+        results[name] = {g: {k: summarize(rows)[k] for k in ("per", "wer")} | {"trials": len(rows)}
+                         for g, rows in groups.items()}
+        results[name]["_seconds"] = {"decode": time.perf_counter() - started, "neural": res.neural_seconds}
+        print(f"{name}: {time.perf_counter() - started:.0f} s "
+              f"(real-time factor {res.real_time_factor:.3f})", flush=True)
+
+    order = ["seen", "near unseen", "late unseen", "all"]
+    print("\nPER / WER (%) by session group; change relative to no TTA")
+    header = f"{'condition':10s}" + "".join(f"{g + ' (' + str(results['none'][g]['trials']) + ')':>34s}"
+                                           for g in order if g in results["none"])
+    print(header)
+    for name in args.conditions:
+        cells = []
+        for g in order:
+            if g not in results[name]:
+                continue
+            r, b = results[name][g], results["none"][g]
+            rel = lambda k: 100 * (r[k] - b[k]) / b[k] if b[k] else 0.0  # noqa: E731
+            cells.append(f"{100 * r['per']:6.1f} ({rel('per'):+5.1f}%) {100 * r['wer']:6.1f} ({rel('wer'):+5.1f}%)")
+        print(f"{name:10s}" + "".join(f"{c:>34s}" for c in cells))
+    out = args.root / "tta_drift.json"
+    summary = {"checkpoint": str(ckpt), "tta": tta_cfgs["both"].to_dict(), "results": results}
+    out.write_text(json.dumps(summary, indent=2))
+    print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()

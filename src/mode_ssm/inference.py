@@ -1,0 +1,424 @@
+"""From a training checkpoint to decoded trials: the model, its day layers, word decoders and TTA.
+
+What evaluation, submission and decoder tuning share:
+
+- :func:`load_model` checks that a file is a MODE-SSM training checkpoint and
+  rebuilds the model exactly as trained (weights, day index, input smoothing).
+- :func:`session_days` decides which day layer decodes each session. A session
+  the model never saw uses its nearest earlier session's layer (drift grows
+  with time, so the closest earlier day is the best guess), or a fresh
+  identity layer (``unseen="identity"``) meant to be adapted by TTA.
+- :class:`WordDecoding` builds the lexicon and n-gram LM the way training does
+  (:func:`mode_ssm.training.data.word_decoder_resources`), so evaluation decodes
+  with the vocabulary and LM that val/wer was measured with.
+- :func:`decode_trials` decodes a split session by session through
+  :func:`mode_ssm.evaluation.decode_split` (the function training uses), with
+  optional test-time adaptation per session, and returns rows in file order.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from mode_ssm.data.augment import Augmenter
+from mode_ssm.data.batching import collate_trials
+from mode_ssm.data.t15 import BIN_SECONDS, DayIndex, T15DataError, T15Split
+from mode_ssm.evaluation import Search, decode_split
+from mode_ssm.models.build import build_model
+from mode_ssm.training.checkpoint import CheckpointError, load_checkpoint
+from mode_ssm.training.distributed import DistContext
+from mode_ssm.tta import TTAConfig, adapted_to_session, whiten_batches
+
+REQUIRED_KEYS = ("model", "model_config", "day_index", "config")
+DECODERS = ("ctc_lm", "ctc_greedy", "rnnt_greedy", "rnnt_beam")
+UNSEEN_STRATEGIES = ("nearest", "identity")
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass
+class LoadedModel:
+    """A trained model ready to decode, with what it was trained with."""
+
+    model: torch.nn.Module
+    day_index: DayIndex
+    config: dict[str, Any]  # the full resolved training config
+    path: Path
+    trained_data_root: Path | None
+    device: torch.device
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.config.get("preprocessor", {}).get("num_channels", 512))
+
+    @property
+    def has_rnnt(self) -> bool:
+        return getattr(self.model, "rnnt", None) is not None
+
+    def eval_augmenter(self) -> Augmenter:
+        """Only the input smoothing the model was trained with (what ``train=False`` applies)."""
+        aug = self.config.get("augmentation", {}) or {}
+        return Augmenter({k: aug[k] for k in ("smooth_std", "smooth_kernel_size") if k in aug})
+
+    def decoding(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The checkpoint's ``decoding`` settings with the non-null ``overrides`` applied."""
+        d = dict(self.config.get("decoding", {}) or {})
+        d.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        missing = [k for k in ("lm_order", "lm_weight", "word_score", "beam", "beam_size_token", "beam_threshold",
+                               "extra_vocabulary") if d.get(k) is None]
+        if missing:
+            raise CheckpointError(f"{self.path}: training config has no decoding.{missing[0]} (and none was given)")
+        return d
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a checkpoint written by ``scripts/train.py`` into an eval-mode model on ``device``."""
+    path = Path(path)
+    state = load_checkpoint(path, map_location="cpu")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a MODE-SSM checkpoint (holds a {type(state).__name__}, expected a dict)")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path}: not a MODE-SSM training checkpoint: missing {missing} (has {sorted(state)[:8]})"
+        )
+    try:
+        day_index = DayIndex.from_dict(state["day_index"])
+    except (ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: bad day index ({e})") from None
+    config = dict(state["config"])
+    model_cfg = dict(state["model_config"])
+    n_channels = int(model_cfg.get("n_channels", model_cfg.get("num_channels", 512)))
+    model_cfg.pop("n_days", None)
+    model_cfg.pop("n_channels", None)
+    try:
+        model = build_model(model_cfg, n_days=len(day_index), n_channels=n_channels)
+        model.load_state_dict(state["model"])
+    except (ValueError, TypeError, RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes ({e})") from None
+    device = torch.device(device)
+    model.to(device).eval()
+    root = state.get("data_root")
+    return LoadedModel(model, day_index, config, path, Path(root) if root else None, device)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def open_split(
+    loaded: LoadedModel,
+    data_root: str | Path,
+    split: str,
+    validate: str = "metadata",
+    on_bad_session: str = "error",
+) -> T15Split:
+    """One split of ``data_root`` indexed with the model's day index; an error if it holds no trials."""
+    data = T15Split(data_root, split, day_index=loaded.day_index, validate=validate,  # type: ignore[arg-type]
+                    on_bad_session=on_bad_session, num_channels=loaded.num_channels)  # type: ignore[arg-type]
+    if len(data) == 0:
+        has_files = any(split in s.files for s in data.session_infos)
+        why = "every trial in them was skipped:\n" + data.report.summary() if has_files else \
+            f"no session folder holds data_{split}.hdf5"
+        raise T15DataError(f"{Path(data_root)}: no {split} trials to decode; {why}")
+    return data
+
+
+@dataclass(frozen=True)
+class SessionDay:
+    """Which day layer decodes a session, and why."""
+
+    session: str
+    day: int
+    exact: bool  # the model was trained on this session
+    note: str  # for reports: "own day layer", "nearest earlier day t15....", "new identity day layer"
+
+
+def session_days(loaded: LoadedModel, sessions: Sequence[str], unseen: str = "nearest") -> dict[str, SessionDay]:
+    """Day layer per session. ``unseen="identity"`` appends a fresh identity layer per unseen session."""
+    if unseen not in UNSEEN_STRATEGIES:
+        raise ValueError(f"unseen_sessions must be one of {UNSEEN_STRATEGIES}, got {unseen!r}")
+    out: dict[str, SessionDay] = {}
+    for s in sessions:
+        found = loaded.day_index.lookup(s)
+        if found.exact:
+            out[s] = SessionDay(s, found.index, True, "own day layer")
+        elif unseen == "identity":
+            day_layers = getattr(loaded.model, "day_layers", None)
+            if day_layers is None:
+                raise ValueError(f"unseen_sessions=identity but {type(loaded.model).__name__} has no day layers")
+            out[s] = SessionDay(s, day_layers.add_day(None), False, "new identity day layer (unseen session)")
+        else:
+            nearest = loaded.day_index.sessions[found.index]
+            relation = "nearest earlier" if nearest < s else "first (no earlier)"
+            out[s] = SessionDay(s, found.index, False, f"{relation} day layer {nearest} (unseen session)")
+    return out
+
+
+def raw_batches(
+    data: T15Split, indices: Sequence[int], batch_size: int, day: int | None, device: torch.device
+) -> Iterator[dict[str, Any]]:
+    """Collated trials in the order given, on ``device``, non-finite values zeroed, day index overridden."""
+    for start in range(0, len(indices), batch_size):
+        batch = collate_trials([data[i] for i in indices[start : start + batch_size]])
+        batch["features"] = torch.nan_to_num(batch["features"], nan=0.0, posinf=0.0, neginf=0.0)
+        if day is not None:
+            batch["day_index"] = torch.full_like(batch["day_index"], day)
+        yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def smoothed(batches: Iterable[Mapping[str, Any]], augmenter: Augmenter) -> Iterator[dict[str, Any]]:
+    for batch in batches:
+        feats, lens = augmenter(batch["features"], batch["feature_lengths"], None, False)
+        yield {**batch, "features": feats, "feature_lengths": lens}
+
+
+# --------------------------------------------------------------------------- words
+
+
+class WordDecoding:
+    """The lexicon and LM of a checkpoint's word decoder, built from ``data_root``'s train sentences.
+
+    Only the train files of the sessions in the model's day index are read (all
+    train files if ``data_root`` has none of them), so a model trained on some
+    sessions is decoded with the language its training run had.
+
+    ``lm_dir``: where to build the ARPA file if the training run's own (beside
+    the checkpoint, ``RUN_DIR/lm/``) does not fit: another data root, or other
+    ``lm_order`` / ``extra_vocabulary`` settings.
+    """
+
+    def __init__(self, loaded: LoadedModel, data_root: str | Path, lm_dir: str | Path,
+                 overrides: Mapping[str, Any] | None = None):
+        from mode_ssm.training.data import word_decoder_resources
+
+        self.settings = loaded.decoding(overrides)
+        trained = loaded.decoding()
+        run_lm_dir = loaded.path.resolve().parent.parent / "lm"
+        same_data = loaded.trained_data_root is not None and \
+            Path(data_root).resolve() == loaded.trained_data_root.resolve()
+        same_lm = all(self.settings[k] == trained[k] for k in ("lm_order", "extra_vocabulary"))
+        candidate = run_lm_dir / f"train_{self.settings['lm_order']}gram.arpa"
+        self.lm_dir = run_lm_dir if same_data and same_lm and candidate.is_file() else Path(lm_dir)
+        # the text of the sessions the model trained on, as training built it (data.max_sessions included)
+        trained_sessions = [s for s in loaded.day_index.sessions if (Path(data_root) / s / "data_train.hdf5").exists()]
+        train = T15Split(data_root, "train", day_index=loaded.day_index, validate="metadata",
+                         num_channels=loaded.num_channels, sessions=trained_sessions or None)
+        self.lexicon, self.lm_path = word_decoder_resources(self.settings, train, self.lm_dir)
+        self._index = None
+
+    def decoder(self, **overrides: Any):
+        """A flashlight :class:`~mode_ssm.decoding.lexicon_decoder.WordDecoder` (``overrides``: lm_weight, ...)."""
+        from mode_ssm.training.data import make_word_decoder
+
+        return make_word_decoder(self.settings, self.lexicon, self.lm_path, **overrides)
+
+    @property
+    def pronunciation_index(self):
+        from mode_ssm.decoding.lexicon_decoder import PronunciationIndex
+
+        if self._index is None:
+            self._index = PronunciationIndex(self.lexicon)
+        return self._index
+
+
+@dataclass
+class RNNTSettings:
+    beam: int = 4
+    max_symbols_per_frame: int = 3
+    nbest: int = 4
+    mismatch_penalty: float = 1.0
+
+
+def make_search(
+    name: str, loaded: LoadedModel, words: WordDecoding | None, rnnt: RNNTSettings | None = None
+) -> tuple[Search | None, Any | None]:
+    """(search, word_decoder) for :func:`mode_ssm.evaluation.decode_split` by decoder name.
+
+    - ``ctc_lm``: CTC greedy phonemes, words from the lexicon + n-gram beam search (training's val/wer).
+    - ``ctc_greedy``: CTC greedy phonemes, each boundary-separated chunk mapped to its nearest word (no LM).
+    - ``rnnt_greedy``: RNN-T greedy phonemes, chunks to nearest words (no LM).
+    - ``rnnt_beam``: RNN-T beam search; its n-best mapped to words and reranked with the LM
+      (see :class:`mode_ssm.decoding.rnnt_search.NbestWordScorer`).
+    """
+    if name not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {name!r}")
+    if name == "ctc_lm":
+        if words is None:
+            raise ValueError("decoder=ctc_lm needs the word decoder's lexicon and LM")
+        return None, words.decoder()
+    index = words.pronunciation_index if words is not None else None
+    if name == "ctc_greedy":
+        from mode_ssm.decoding.ctc import ctc_greedy
+        from mode_ssm.decoding.lexicon_decoder import greedy_words
+
+        def ctc_greedy_search(out, log_probs, lengths):
+            ids = ctc_greedy(log_probs, lengths)
+            sentences = [" ".join(greedy_words(i, index)) for i in ids] if index is not None else None
+            return ids, sentences
+
+        return ctc_greedy_search, None
+    if not loaded.has_rnnt:
+        raise ValueError(f"decoder={name} needs an RNN-T head; {loaded.path} holds a "
+                         f"{type(loaded.model).__name__} without one (use ctc_lm or ctc_greedy)")
+    from mode_ssm.decoding.rnnt_search import NbestWordScorer, rnnt_beam_search, rnnt_greedy_search
+
+    rnnt = rnnt or RNNTSettings()
+    head = loaded.model.rnnt
+    scorer = None
+    if words is not None:
+        scorer = NbestWordScorer(
+            index, words.lm_path if name == "rnnt_beam" else None, lm_weight=float(words.settings["lm_weight"]),
+            word_score=float(words.settings["word_score"]), mismatch_penalty=rnnt.mismatch_penalty,
+        )
+
+    def transducer_search(out, log_probs, lengths):
+        enc = out["head_features"].float()
+        if name == "rnnt_greedy":
+            hyps = rnnt_greedy_search(enc, lengths, head.predictor, head.joiner, rnnt.max_symbols_per_frame)
+            nbests = [[h] for h in hyps]
+        else:
+            nbests = [rnnt_beam_search(enc[b, : int(lengths[b])], head.predictor, head.joiner, rnnt.beam,
+                                       rnnt.max_symbols_per_frame, rnnt.nbest) for b in range(enc.shape[0])]
+        ids = [list(n[0].ids) if n else [] for n in nbests]
+        sentences = [scorer.best_sentence(n) for n in nbests] if scorer is not None else None
+        return ids, sentences
+
+    return transducer_search, None
+
+
+# --------------------------------------------------------------------------- decoding a split
+
+
+@dataclass
+class DecodeResult:
+    rows: list[dict[str, Any]]  # one per trial, in the split's file order
+    days: dict[str, SessionDay]
+    tta: dict[str, dict[str, Any]] = field(default_factory=dict)  # per session, when TTA ran
+    seconds: float = 0.0  # decoding wall time (model, adaptation and search)
+    neural_seconds: float = 0.0  # duration of the neural data decoded
+
+    @property
+    def real_time_factor(self) -> float:
+        return self.seconds / self.neural_seconds if self.neural_seconds else float("nan")
+
+
+def decode_trials(
+    loaded: LoadedModel,
+    data: T15Split,
+    *,
+    search: Search | None = None,
+    word_decoder: Any | None = None,
+    tta: TTAConfig | None = None,
+    batch_size: int = 16,
+    unseen: str = "nearest",
+    amp: bool = False,
+    keep_log_probs: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> DecodeResult:
+    """Decode every trial of ``data`` session by session (with TTA per session if enabled)."""
+    tta = tta or TTAConfig()
+    meta = data.trial_metadata()
+    days = session_days(loaded, data.sessions, unseen)
+    ctx = DistContext(device=loaded.device)
+    augmenter = loaded.eval_augmenter()
+    model = loaded.model
+    rows: list[dict[str, Any]] = []
+    reports: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
+    for session in data.sessions:
+        indices = [i for i, m in enumerate(meta) if m["session"] == session]  # recording order
+        day = days[session].day
+
+        def raw(indices=indices, day=day):
+            return raw_batches(data, indices, batch_size, day, loaded.device)
+
+        if tta.enabled:
+            def transform(batches, whitener):
+                return smoothed(whiten_batches(batches, whitener), augmenter)
+
+            with adapted_to_session(model, raw, transform, day, tta) as (batches, report):
+                rows += decode_split(model, batches(), ctx, word_decoder, amp, search=search,
+                                     keep_log_probs=keep_log_probs)
+            reports[session] = report
+        else:
+            rows += decode_split(model, smoothed(raw(), augmenter), ctx, word_decoder, amp, search=search,
+                                 keep_log_probs=keep_log_probs)
+        if log is not None:
+            log(f"{session}: {len(indices)} trials, {days[session].note}"
+                + (f", TTA {reports[session]}" if session in reports else ""))
+    seconds = time.perf_counter() - started
+    position = {m["source"]: i for i, m in enumerate(meta)}
+    rows.sort(key=lambda r: position[r["source"]])
+    neural = float(np.sum(data.trial_lengths())) * BIN_SECONDS
+    return DecodeResult(rows, days, reports, seconds, neural)
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """A Hydra/OmegaConf node or mapping as a plain dict (None -> {})."""
+    if cfg is None:
+        return {}
+    if OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)
+
+
+def resolve_data_root(value: str | None, loaded: LoadedModel, launch_dir: str | Path) -> Path:
+    """``data.data_root`` relative to where the command was typed, else the folder the model was trained on."""
+    if value:
+        root = Path(value).expanduser()
+        root = root if root.is_absolute() else Path(launch_dir) / root
+    elif loaded.trained_data_root is not None:
+        root = loaded.trained_data_root
+    else:
+        raise T15DataError(f"{loaded.path} records no data root; pass data.data_root=DIR")
+    if not root.is_dir():
+        raise T15DataError(f"{root}: data root does not exist" + ("" if value else f" (recorded in {loaded.path})"))
+    return root
+
+
+def word_search_grid(
+    rows: Sequence[Mapping[str, Any]],
+    words: WordDecoding,
+    lm_weights: Sequence[float],
+    word_scores: Sequence[float],
+    beams: Sequence[int],
+) -> list[dict[str, Any]]:
+    """WER of the lexicon + LM search for each (lm_weight, word_score, beam) on rows kept with log-probabilities.
+
+    The model ran once (``decode_split(..., keep_log_probs=True)``); only the word search is repeated.
+    Returns one record per setting, in grid order: the setting, wer (fraction), word errors, seconds.
+    """
+    from mode_ssm.metrics import word_error_rate
+
+    labelled = [r for r in rows if r.get("true_sentence") is not None]
+    if not labelled:
+        raise ValueError("no labelled trials to tune on (the test split has no sentences)")
+    if any("log_probs" not in r for r in labelled):
+        raise ValueError("rows carry no log_probs: decode with keep_log_probs=True")
+    refs = [r["true_sentence"] for r in labelled]
+    out = []
+    for beam in beams:
+        for lm_weight in lm_weights:
+            for word_score in word_scores:
+                decoder = words.decoder(lm_weight=lm_weight, word_score=word_score, beam=beam)
+                started = time.perf_counter()
+                hyps = [(decoder.decode(r["log_probs"]) or [None])[0] for r in labelled]
+                seconds = time.perf_counter() - started
+                wer, errors, n_words = word_error_rate(refs, [h.sentence if h else "" for h in hyps])
+                out.append({"lm_weight": float(lm_weight), "word_score": float(word_score), "beam": int(beam),
+                            "wer": wer, "word_errors": errors, "words": n_words, "seconds": seconds})
+    return out

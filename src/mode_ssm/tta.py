@@ -1,0 +1,285 @@
+"""Test-time adaptation against neural drift, one session at a time, without labels.
+
+Two steps per session, both unsupervised:
+
+1. **Feature whitening**: an exponential moving average of the session's
+   per-channel mean and variance over its trials (valid bins only) re-
+   standardises the inputs, ``x' = (x - mean) / sqrt(var + eps)``. The release
+   already z-scores features over the preceding 20 trials, so on an undrifted
+   session this is close to the identity; what it removes is a session-wide
+   offset or gain the day layer it borrows was not fitted to.
+2. **Entropy minimisation** of the CTC posteriors (as in Tent, Wang et al.
+   2021, and SUTA, Lin et al. 2022, for speech): a few Adam steps on the mean
+   per-frame entropy, updating only the parameters named in ``params`` (the
+   session's day layer, channel gates, normalisation layers), never the
+   encoder or heads. Frames whose best class is blank are left out by default:
+   CTC posteriors are mostly blank, and sharpening those only teaches the model
+   to delete phonemes.
+
+:func:`adapted_to_session` restores every parameter it touched when the
+``with`` block ends, so sessions never leak into one another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mode_ssm.data.augment import length_mask
+
+PARAM_GROUPS = ("day_layer", "day_bias", "gates", "norms")
+
+
+@dataclass
+class TTAConfig:
+    """``configs/evaluate.yaml`` ``tta:`` section."""
+
+    enabled: bool = False
+    whiten: bool = True  # EMA feature whitening of the session's inputs
+    ema_momentum: float = 0.95  # weight of the running statistics at each trial (~20-trial memory)
+    eps: float = 1e-2  # variance floor of the whitening: damps near-dead channels
+    steps: int = 20  # entropy-minimisation optimizer steps per session (0: whitening only)
+    lr: float = 1e-3
+    params: tuple[str, ...] = ("day_layer",)  # any of PARAM_GROUPS
+    temperature: float = 1.0  # softmax temperature of the entropy
+    skip_blank_frames: bool = True  # entropy only over frames whose argmax is not blank
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> "TTAConfig":
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown tta option(s) {unknown}; known: {sorted(known)}")
+        if "params" in values:
+            values["params"] = tuple(values["params"] or ())
+        cfg = cls(**values)
+        bad = [p for p in cfg.params if p not in PARAM_GROUPS]
+        if bad:
+            raise ValueError(f"tta.params {bad} unknown; choose from {list(PARAM_GROUPS)}")
+        if not 0.0 <= cfg.ema_momentum < 1.0:
+            raise ValueError(f"tta.ema_momentum must be in [0, 1), got {cfg.ema_momentum}")
+        if cfg.steps < 0 or cfg.lr < 0 or cfg.temperature <= 0:
+            raise ValueError(f"tta needs steps >= 0, lr >= 0, temperature > 0; "
+                             f"got {cfg.steps}, {cfg.lr}, {cfg.temperature}")
+        if cfg.steps > 0 and not cfg.params:
+            raise ValueError("tta.steps > 0 but tta.params is empty: name what may adapt, e.g. [day_layer]")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["params"] = list(self.params)
+        return d
+
+
+class FeatureWhitener:
+    """EMA per-channel mean and variance of one session's features, and re-standardisation with them.
+
+    ``update`` folds in each trial of a batch in order (the first trial sets
+    the statistics), as a decoder running online would see them; ``__call__``
+    standardises a batch with the current statistics and keeps padding at zero.
+    """
+
+    def __init__(self, momentum: float = 0.95, eps: float = 1e-2):
+        self.momentum = momentum
+        self.eps = eps
+        self.mean: torch.Tensor | None = None  # (C,)
+        self.var: torch.Tensor | None = None  # (C,)
+        self.trials = 0
+
+    def update(self, features: torch.Tensor, lengths: torch.Tensor) -> None:
+        """features (B, T, C), lengths (B,): trials in recording order."""
+        for x, n in zip(features, lengths.tolist()):
+            if n <= 0:
+                continue
+            x = x[:n].double()
+            mean, var = x.mean(0), x.var(0, unbiased=False)
+            if self.mean is None:
+                self.mean, self.var = mean, var
+            else:
+                m = self.momentum
+                # the spread between the old and new means is part of the session's variance
+                self.var = m * self.var + (1 - m) * var + m * (1 - m) * (mean - self.mean) ** 2
+                self.mean = m * self.mean + (1 - m) * mean
+            self.trials += 1
+
+    def __call__(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """features (B, T, C), lengths (B,) -> (B, T, C) standardised, zero past each length."""
+        if self.mean is None:
+            raise RuntimeError("FeatureWhitener used before any update()")
+        mask = length_mask(lengths, features.shape[1])[..., None].to(features.dtype)
+        scale = torch.rsqrt(self.var + self.eps).to(features.dtype)
+        return (features - self.mean.to(features.dtype)) * scale * mask
+
+
+def fit_whitener(batches: Iterable[Mapping[str, Any]], momentum: float, eps: float) -> FeatureWhitener:
+    """Run the EMA over a session's raw batches (in the order given); every trial then uses the final statistics."""
+    whitener = FeatureWhitener(momentum, eps)
+    for batch in batches:
+        whitener.update(batch["features"], batch["feature_lengths"])
+    if whitener.mean is None:
+        raise ValueError("fit_whitener got no trials with data")
+    return whitener
+
+
+def adaptable_parameters(model: nn.Module, groups: Iterable[str], day: int) -> list[nn.Parameter]:
+    """The parameters TTA may change for a session decoded with day layer ``day``."""
+    params: dict[int, nn.Parameter] = {}
+    for group in groups:
+        if group in ("day_layer", "day_bias"):
+            day_layers = getattr(model, "day_layers", None)
+            if day_layers is None:
+                raise ValueError(f"tta.params has {group!r} but {type(model).__name__} has no day layers")
+            chosen = [day_layers.biases[day]] + ([day_layers.weights[day]] if group == "day_layer" else [])
+        elif group == "gates":
+            gate = getattr(getattr(model, "preprocessor", None), "gate_logits", None)
+            if gate is None:
+                raise ValueError(f"tta.params has 'gates' but {type(model).__name__} has no channel gates")
+            chosen = [gate]
+        elif group == "norms":
+            chosen = [p for m in model.modules() if "Norm" in type(m).__name__ for p in m.parameters(recurse=False)]
+            if not chosen:
+                raise ValueError(f"tta.params has 'norms' but {type(model).__name__} has no normalisation layers")
+        else:
+            raise ValueError(f"unknown tta parameter group {group!r}; choose from {list(PARAM_GROUPS)}")
+        params.update((id(p), p) for p in chosen)
+    return list(params.values())
+
+
+def ctc_entropy(
+    logits: torch.Tensor,
+    lengths: torch.Tensor,
+    temperature: float = 1.0,
+    skip_blank_frames: bool = True,
+    blank: int = 0,
+) -> torch.Tensor | None:
+    """Mean per-frame entropy (nats) of softmax(logits / temperature) over valid frames.
+
+    logits (B, T, V), lengths (B,) -> scalar; None when no frame qualifies
+    (e.g. every frame is blank and ``skip_blank_frames``).
+    """
+    log_p = F.log_softmax(logits.float() / temperature, dim=-1)
+    entropy = -(log_p.exp() * log_p).sum(-1)  # (B, T)
+    keep = length_mask(lengths, logits.shape[1])
+    if skip_blank_frames:
+        keep = keep & (logits.argmax(-1) != blank)
+    if not bool(keep.any()):
+        return None
+    return entropy[keep].mean()
+
+
+@dataclass
+class AdaptationReport:
+    steps: int
+    entropy_before: float | None
+    entropy_after: float | None
+    n_parameters: int
+
+
+def entropy_minimisation(
+    model: nn.Module,
+    batches: Callable[[], Iterable[Mapping[str, Any]]],
+    params: list[nn.Parameter],
+    cfg: TTAConfig,
+) -> AdaptationReport:
+    """``cfg.steps`` Adam steps on the CTC entropy, cycling over ``batches()`` (model in eval mode).
+
+    Only ``params`` receive gradients; the caller restores them (see :func:`adapted_to_session`).
+    """
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    model.eval()  # no dropout: the entropy of the model that will decode
+    losses: list[float] = []
+    step = 0
+    try:
+        with torch.enable_grad():
+            while step < cfg.steps:
+                progressed = False
+                for batch in batches():
+                    out = model(batch["features"], batch["feature_lengths"], batch["day_index"])
+                    loss = ctc_entropy(out["phoneme_logits"], out["out_lengths"], cfg.temperature,
+                                       cfg.skip_blank_frames)
+                    if loss is None:
+                        continue
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(float(loss.detach()))
+                    step += 1
+                    progressed = True
+                    if step >= cfg.steps:
+                        break
+                if not progressed:  # nothing to adapt on (all frames blank): stop instead of spinning
+                    break
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(flags[id(p)])
+    return AdaptationReport(step, losses[0] if losses else None, losses[-1] if losses else None,
+                            sum(p.numel() for p in params))
+
+
+@contextlib.contextmanager
+def restored(params: Iterable[nn.Parameter]) -> Iterator[None]:
+    """Put the parameters' values back when the block ends, whatever happened inside."""
+    params = list(params)
+    saved = [p.detach().clone() for p in params]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, value in zip(params, saved):
+                p.copy_(value)
+
+
+@contextlib.contextmanager
+def adapted_to_session(
+    model: nn.Module,
+    raw_batches: Callable[[], Iterable[Mapping[str, Any]]],
+    transform_batches: Callable[[Iterable[Mapping[str, Any]], Callable | None], Iterable[Mapping[str, Any]]],
+    day: int,
+    cfg: TTAConfig,
+) -> Iterator[tuple[Callable[[], Iterable[Mapping[str, Any]]], dict[str, Any]]]:
+    """Adapt ``model`` to one session; yields (batches to decode with, a report); restores on exit.
+
+    Args:
+        raw_batches: the session's batches before any input transform (fresh iterator per call).
+        transform_batches: (raw batches, whitener or None) -> what the model reads
+            (whitening, then the evaluation smoothing).
+        day: the day layer the session is decoded with.
+    """
+    whitener = fit_whitener(raw_batches(), cfg.ema_momentum, cfg.eps) if cfg.whiten else None
+
+    def batches() -> Iterable[Mapping[str, Any]]:
+        return transform_batches(raw_batches(), whitener)
+
+    params = adaptable_parameters(model, cfg.params, day) if cfg.steps > 0 else []
+    with restored(params):
+        report: dict[str, Any] = {"whitened": whitener is not None, "steps": 0}
+        if params:
+            r = entropy_minimisation(model, batches, params, cfg)
+            report.update(steps=r.steps, entropy_before=r.entropy_before, entropy_after=r.entropy_after,
+                          n_parameters=r.n_parameters)
+        yield batches, report
+
+
+def whiten_batches(batches: Iterable[Mapping[str, Any]], whitener: FeatureWhitener | None) -> Iterator[dict[str, Any]]:
+    for batch in batches:
+        if whitener is None:
+            yield dict(batch)
+        else:
+            yield {**batch, "features": whitener(batch["features"], batch["feature_lengths"])}
+
+
+__all__ = [
+    "AdaptationReport", "FeatureWhitener", "PARAM_GROUPS", "TTAConfig", "adaptable_parameters",
+    "adapted_to_session", "ctc_entropy", "entropy_minimisation", "fit_whitener", "restored", "whiten_batches",
+]

@@ -1,0 +1,214 @@
+"""scripts/evaluate.py and scripts/tune_decoder.py on a checkpoint the real trainer wrote, plus report arithmetic."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import editdistance
+import pytest
+import torch
+
+from mode_ssm.data.t15 import T15DataError
+from mode_ssm.evaluation import block_mode_accuracy, summarize
+from mode_ssm.phonemes import ids_to_string
+from mode_ssm.reports import phoneme_confusions, phoneme_ids
+from mode_ssm.training.checkpoint import CheckpointError
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_TRAIN = [
+    "model.d_model=32", "model.n_layers=1", "model.predictor_dim=32", "model.joiner_dim=32", "model.flow_hidden=32",
+    "model.mode_hidden=16", "model.head_dim=16", "model.chunk_size=16", "decoding.extra_vocabulary=100",
+    "decoding.beam=8", "data.train_wer_trials=8", "training.max_steps=3",
+    "data.max_sessions=3",  # the fourth session stays unseen: evaluation must fall back to an earlier day layer
+]
+UNSEEN = "t15.2023.08.25"
+
+
+def env() -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    e.update(OMP_NUM_THREADS="1", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
+    return e
+
+
+def run_script(
+    name: str, args: list[str], cwd: Path, expect_rc: int = 0, **extra_env: str
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], cwd=cwd, env={**env(), **extra_env},
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == expect_rc, \
+        f"{name} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def trained_checkpoint(tmp_path_factory, data_root: Path) -> Path:
+    """One tiny training run per test session, shared through the session's temp folder (also by test_submission)."""
+    run_dir = tmp_path_factory.getbasetemp() / "tiny_trained_run"
+    ckpt = run_dir / "checkpoints" / "best.pt"
+    if not ckpt.is_file():
+        run_script("train.py", [f"data.data_root={data_root}", *TINY_TRAIN, f"hydra.run.dir={run_dir}"], REPO)
+    return ckpt
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_data_root) -> Path:
+    return trained_checkpoint(tmp_path_factory, tiny_data_root)
+
+
+@pytest.fixture()
+def workdir(tmp_path, tiny_data_root, tiny_checkpoint):
+    """Where a user types the command: data and checkpoint at relative paths."""
+    (tmp_path / "data").symlink_to(tiny_data_root)
+    (tmp_path / "ckpt.pt").symlink_to(tiny_checkpoint)
+    return tmp_path
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_evaluate_val_command_line(workdir, tiny_checkpoint):
+    proc = run_script("evaluate.py", ["checkpoint=ckpt.pt", "split=val", "data.data_root=data", "output_dir=ev",
+                                      "wandb.enabled=true"], workdir, WANDB_MODE="offline")
+    out = workdir / "ev"
+    for name in ("predictions.csv", "summary_by_session.csv", "summary_by_corpus.csv", "summary_by_speaking_mode.csv",
+                 "summary.md", "metrics.json", "wer_by_session.png", "wer_by_corpus.png", "phoneme_confusions.png"):
+        assert (out / name).is_file(), f"{name} missing; output:\n{proc.stdout[-2000:]}"
+    preds = read_csv(out / "predictions.csv")
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert len(preds) == metrics["n_trials"] == 12
+    # aggregate WER/PER: total errors over total reference tokens, recomputed from the CSV
+    wer = sum(int(p["word_errors"]) for p in preds) / sum(int(p["words"]) for p in preds)
+    per = sum(int(p["phoneme_errors"]) for p in preds) / sum(int(p["phonemes"]) for p in preds)
+    assert metrics["wer"] == pytest.approx(wer) and metrics["per"] == pytest.approx(per)
+    overall = [r for r in read_csv(out / "summary_by_session.csv") if r["session"] == "all"][0]
+    assert float(overall["wer_pct"]) == pytest.approx(100 * wer)
+    # the simulator records the speaking mode, so mode accuracy is measured, per trial and per block
+    truth = [p["speaking_mode"] for p in preds]
+    assert set(truth) <= {"vocalized", "silent"}
+    assert metrics["mode_accuracy"] == pytest.approx(sum(p["speaking_mode"] == p["predicted_mode"] for p in preds) / 12)
+    assert "mode_accuracy_block" in metrics
+    # the unseen session is decoded with the nearest earlier day layer, and the report says so
+    assert metrics["unseen_sessions"] == [UNSEEN]
+    assert all("nearest earlier day layer t15.2023.08.20" in p["day_layer"] for p in preds if p["session"] == UNSEEN)
+    assert f"session {UNSEEN} was not in training" in (out / "summary.md").read_text()
+    # the same report in W&B (offline here): tables and plots
+    from mode_ssm.training.wandb_records import find_run_logs, read_run
+
+    run = read_run(find_run_logs(out / "wandb")[0])
+    logged = {k.split(".")[0] for step in run.history for k in step}
+    assert {"eval/by_session", "eval/by_corpus", "eval/plot_by_session", "eval/plot_confusions"} <= logged
+    assert run.exit_code == 0
+
+    # the same functions as training: on the sessions training validated on, val/per and val/wer match
+    history = torch.load(tiny_checkpoint, weights_only=True)["position"]["history"][-1]
+    seen = [p for p in preds if p["session"] != UNSEEN]
+    seen_per = sum(int(p["phoneme_errors"]) for p in seen) / sum(int(p["phonemes"]) for p in seen)
+    seen_wer = sum(int(p["word_errors"]) for p in seen) / sum(int(p["words"]) for p in seen)
+    assert seen_per == pytest.approx(history["val/per"], abs=1e-9)
+    assert 100 * seen_wer == pytest.approx(history["val/wer"], abs=1e-9)
+
+
+def _compose(name: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+def test_evaluate_test_split_gives_predictions_only(tmp_path, tiny_data_root, tiny_checkpoint):
+    from mode_ssm.reports import run_evaluation
+
+    cfg = _compose("evaluate", [f"checkpoint={tiny_checkpoint}", "split=test", f"data.data_root={tiny_data_root}",
+                                f"output_dir={tmp_path / 'ev'}", "decoder=ctc_greedy"])
+    result = run_evaluation(cfg, tmp_path)
+    preds = read_csv(tmp_path / "ev" / "predictions.csv")
+    assert len(preds) == 13 and all(p["true_sentence"] == "" and p["word_errors"] == "" for p in preds)
+    assert not (tmp_path / "ev" / "summary_by_session.csv").exists()
+    assert "no labels in this split" in (tmp_path / "ev" / "summary.md").read_text()
+    assert "wer" not in result["metrics"] and result["metrics"]["n_trials"] == 13
+
+
+def test_rnnt_decoders_and_tuning_share_the_evaluation_rows(tiny_data_root, tiny_checkpoint, tmp_path):
+    from mode_ssm.inference import (
+        RNNTSettings, WordDecoding, decode_trials, load_model, make_search, open_split, word_search_grid,
+    )
+
+    loaded = load_model(tiny_checkpoint)
+    data = open_split(loaded, tiny_data_root, "val")
+    words = WordDecoding(loaded, tiny_data_root, tmp_path / "lm")
+    assert words.lm_dir == tiny_checkpoint.parent.parent / "lm"  # the training run's own LM is reused
+    _, word_decoder = make_search("ctc_lm", loaded, words)
+    ctc_lm = decode_trials(loaded, data, word_decoder=word_decoder, keep_log_probs=True)
+    settings = loaded.decoding()
+    grid = word_search_grid(ctc_lm.rows, words, [settings["lm_weight"], 3.0], [settings["word_score"]],
+                            [settings["beam"]])
+    assert grid[0]["wer"] == pytest.approx(summarize(ctc_lm.rows)["wer"])  # re-running the search alone agrees
+    assert grid[0]["words"] == grid[1]["words"] == sum(r["n_words"] for r in ctc_lm.rows)
+    for name in ("rnnt_greedy", "rnnt_beam"):
+        search, _ = make_search(name, loaded, words, RNNTSettings(beam=2, max_symbols_per_frame=2, nbest=2))
+        rows = decode_trials(loaded, data, search=search).rows
+        assert len(rows) == 12 and all("word_errors" in r and "phoneme_errors" in r for r in rows)
+        assert [r["ctc_loss"] for r in rows] == [r["ctc_loss"] for r in ctc_lm.rows]  # same model pass
+
+
+def test_tune_decoder_command_line(workdir):
+    grid_args = ["grid.lm_weight=[0.5,2.0]", "grid.word_score=[0.0]", "grid.beam=[8]"]
+    proc = run_script("tune_decoder.py", ["checkpoint=ckpt.pt", "data.data_root=data", "output_dir=tune", *grid_args],
+                      workdir)
+    grid = read_csv(workdir / "tune" / "grid.csv")
+    assert [(float(g["lm_weight"]), int(g["beam"])) for g in grid] == [(0.5, 8), (2.0, 8)]
+    best = json.loads((workdir / "tune" / "best.json").read_text())
+    assert best["wer"] == min(float(g["wer"]) for g in grid)
+    assert "best: WER" in proc.stdout
+
+
+def test_bad_inputs_are_named(tmp_path, tiny_data_root, tiny_checkpoint):
+    from mode_ssm.inference import load_model, open_split
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    with pytest.raises(CheckpointError, match=r"foreign\.pt: not a MODE-SSM training checkpoint: missing \['model'"):
+        load_model(foreign)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="garbage.pt: cannot be read"):
+        load_model(garbage)
+    # a data root whose sessions hold no test file
+    root = tmp_path / "no_test"
+    (root / "t15.2023.08.13").mkdir(parents=True)
+    shutil.copy(tiny_data_root / "t15.2023.08.13" / "data_train.hdf5", root / "t15.2023.08.13")
+    with pytest.raises(T15DataError, match=r"no_test: no test trials to decode; no session folder holds data_test"):
+        open_split(load_model(tiny_checkpoint), root, "test")
+    proc = run_script("evaluate.py", [f"checkpoint={foreign}", f"output_dir={tmp_path / 'ev'}"], tmp_path, expect_rc=1)
+    assert "foreign.pt: not a MODE-SSM training checkpoint" in proc.stderr
+
+
+def test_block_mode_accuracy_is_a_majority_vote():
+    rows = [{"session": "s", "block": b, "mode_truth": t, "mode_pred": p} for b, t, p in [
+        (1, 0, 0), (1, 0, 0), (1, 0, 1),  # majority right
+        (2, 1, 0), (2, 1, 0), (2, 1, 1),  # majority wrong
+        (3, 1, 1), (3, 1, 0),  # tie counts as wrong
+        (4, -1, 1),  # truth unknown: ignored
+    ]]
+    assert block_mode_accuracy(rows) == pytest.approx(1 / 3)
+    assert summarize(rows)["mode_accuracy"] == pytest.approx(4 / 8)
+    assert block_mode_accuracy([{"session": "s", "block": 1, "mode_truth": -1, "mode_pred": 0}]) is None
+
+
+def test_phoneme_confusions_add_up_to_the_edit_distance():
+    pairs = [([1, 2, 3, 40, 4], [1, 5, 3, 40]), ([7, 40], [7, 40, 9, 9]), ([3], [])]  # one alignment each
+    rows = [{"true_phonemes": ids_to_string(r), "predicted_phonemes": ids_to_string(h)} for r, h in pairs]
+    assert phoneme_ids(rows[0]["true_phonemes"]) == [1, 2, 3, 40, 4]
+    counts = phoneme_confusions(rows)
+    errors = counts.sum() - counts.diagonal().sum()
+    assert errors == sum(editdistance.eval(r, h) for r, h in pairs) == 5
+    assert counts[2, 5] == 1 and counts[4, 41] == 1 and counts[3, 41] == 1  # substitution and deletions
+    assert counts[41, 9] == 2 and counts[7, 7] == 1  # insertions
+    assert counts.sum() == sum(len(r) for r, _ in pairs) + 2  # every reference phoneme once, plus insertions
