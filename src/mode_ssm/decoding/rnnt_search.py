@@ -33,6 +33,7 @@ from typing import Any, Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
+from mode_ssm.decoding.ctc import _logaddexp
 from mode_ssm.phonemes import BLANK, BOUNDARY
 
 _NEG_INF = -math.inf
@@ -57,14 +58,6 @@ class TransducerHypothesis:
 
     ids: tuple[int, ...]
     log_prob: float
-
-
-def _logaddexp(a: float, b: float) -> float:
-    if a == _NEG_INF:
-        return b
-    if b == _NEG_INF:
-        return a
-    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
 
 
 def _select_state(state: PredictorState, keep: torch.Tensor, new: PredictorState) -> PredictorState:
