@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,10 +22,20 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
+# MODE-SSM runs its whole curriculum, sized so it ends inside a 30-minute budget on
+# bench (measured: ~50 s per CTC epoch, ~75 s per joint epoch of 1412 trials on one
+# core); a smaller budget ends it wherever it is. The GRU trains CTC for as long as the
+# budget lasts. `mode_ssm_no_film` is MODE-SSM without mode conditioning (the head
+# is still trained and reported, its posterior is not used), for the on/off effect.
+CURRICULUM = ["training.stages.0.epochs=7", "training.stages.1.epochs=4", "training.stages.2.epochs=2",
+              "training.stages.3.epochs=1"]
 MODELS = {
-    # MODE-SSM runs its curriculum; the budget ends it wherever it is.
-    "mode_ssm": ["model=mode_ssm_small"],
-    "gru_baseline": ["model=gru_baseline", "training.optimizer.lr=0.005"],
+    "mode_ssm": ["model=mode_ssm_small", *CURRICULUM],
+    "mode_ssm_no_film": ["model=mode_ssm_small", "model.mode_conditioning=none", *CURRICULUM],
+    # ~3.5 trials/s at most (454 ms fwd+bwd per 1000 bins, trials ~590 bins): 4 epochs of
+    # bench in 30 minutes, so its cosine schedule ends near the budget
+    "gru_baseline": ["model=gru_baseline", "training.optimizer.lr=0.005", "training.stages.0.epochs=4",
+                     "training.stages.1.epochs=0", "training.stages.2.epochs=0", "training.stages.3.epochs=0"],
 }
 
 
@@ -32,9 +43,12 @@ def train(name: str, overrides: list[str], args, out_dir: Path) -> dict:
     run_dir = out_dir / name
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), f"data.data_root={args.data_root}",
            f"training.time_budget_minutes={args.minutes}", "torch_threads=1", f"hydra.run.dir={run_dir}",
-           f"training.batch_size={args.batch_size}", *overrides, *args.extra]
+           f"training.batch_size={args.batch_size}", "wandb.enabled=true", f"wandb.run_name={name}",
+           *overrides, *args.extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
+    (out_dir / f"{name}.log").write_text(proc.stdout + proc.stderr)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
@@ -48,6 +62,8 @@ def train(name: str, overrides: list[str], args, out_dir: Path) -> dict:
         "model": name, "seconds": round(seconds, 1), "epochs": len(history),
         "best_val_per": best.get("val/per"), "val_wer_at_best_per": best.get("val/wer"),
         "final_val_per": history[-1].get("val/per"), "final_val_wer": history[-1].get("val/wer"),
+        "final_val_mode_accuracy_block": history[-1].get("val/mode_accuracy_block"),
+        "stages_reached": sorted({h["stage"] for h in history}, key=[h["stage"] for h in history].index),
         "train_trials_per_second": trials, "peak_rss_mb": round(max(h["time/peak_rss_mb"] for h in history)),
     }
 
@@ -70,7 +86,7 @@ def encoder_ms_per_1000_frames(name: str, lengths: list[int], batch: int = 16) -
     from mode_ssm.models.build import build_model
 
     torch.set_num_threads(1)
-    cfg = OmegaConf.load(REPO / "configs" / "model" / f"{'mode_ssm_small' if name == 'mode_ssm' else name}.yaml")
+    cfg = OmegaConf.load(REPO / "configs" / "model" / f"{'gru_baseline' if name == 'gru_baseline' else 'mode_ssm_small'}.yaml")
     model = build_model(cfg, n_days=1, n_channels=512)
     out = {}
     for length in lengths:
@@ -92,12 +108,13 @@ def main() -> None:
     p.add_argument("--data-root", required=True)
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--models", nargs="+", default=["mode_ssm", "gru_baseline"], choices=list(MODELS))
     p.add_argument("--out", default="outputs/compare_models")
     p.add_argument("--lengths", type=int, nargs=2, default=[500, 1500], help="bins of 20 ms")
     p.add_argument("extra", nargs="*", help="more overrides for both runs")
     args = p.parse_args()
     out_dir = Path(args.out).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.models:
         row = train(name, MODELS[name], args, out_dir)

@@ -1,21 +1,20 @@
 """Test-time adaptation against neural drift, on simulated data (one CPU thread).
 
-    python benchmarks/tta_drift.py [--root DIR] [--train-minutes 7] [--checkpoint PATH] [--tta key=value ...]
+    python benchmarks/tta_drift.py [--root DIR] [--train-minutes 20] [--checkpoint PATH] [--tta key=value ...]
 
 1. Simulates the ``bench`` preset (11 sessions from 2023-08-11 to 2025-04-13)
    into ``ROOT/hdf5_data_final`` unless it is there.
-2. Trains a small MODE-SSM (d_model 64, CTC stage only, 12 epochs or
-   ``--train-minutes``, no augmentation but the input smoothing; about 7
-   minutes on one CPU core) on the first ``--train-sessions`` sessions with
+2. Trains MODE-SSM small (CTC stage only, 14 epochs or ``--train-minutes``)
+   on the first ``--train-sessions`` (8: up to 2024-03-17) sessions with
    scripts/train.py, unless ``ROOT/run/checkpoints/best.pt`` exists or
    ``--checkpoint`` is given.
 3. Decodes the val trials of every session with the lexicon + 3-gram decoder,
-   without TTA and with it (whitening only, both; ``--conditions`` adds entropy
-   minimisation alone),
-   and prints PER/WER for: sessions seen in training (no drift relative to their
-   own day layer), near unseen sessions (<= 2 months after the last training
-   day) and late unseen sessions (4-17 months after), decoded with the nearest
-   earlier day's layer.
+   without TTA and with it: whitening only, whitening + entropy minimisation
+   ("both"), whitening + self-training on the LM's transcripts ("self");
+   ``--conditions`` adds entropy minimisation alone. Prints PER/WER for:
+   sessions seen in training (no drift relative to their own day layer), near
+   unseen sessions (<= 2 months after the last training day) and late unseen
+   sessions (3-13 months after), decoded with the nearest earlier day's layer.
 
 TTA settings default to ``configs/evaluate.yaml``'s ``tta`` section; ``--tta
 steps=20 lr=0.003`` overrides them. Numbers depend on how far the small model
@@ -51,18 +50,18 @@ def simulate(root: Path) -> Path:
     return data
 
 
-def train(data: Path, run_dir: Path, sessions: int, minutes: float) -> Path:
+def train(data: Path, run_dir: Path, sessions: int, minutes: float, epochs: int) -> Path:
     ckpt = run_dir / "checkpoints" / "best.pt"
     if ckpt.is_file():
         print(f"using the trained checkpoint {ckpt} (delete {run_dir} to retrain)")
         return ckpt
     cmd = [
         sys.executable, str(REPO / "scripts" / "train.py"), f"data.data_root={data}", f"data.max_sessions={sessions}",
-        "data.validate=metadata", "model.d_model=64", "model.head_dim=32", "augmentation.enabled=false",
-        "training.batch_size=8", "training.optimizer.lr=0.003", "training.scheduler.warmup_steps=20",
-        # the CTC stage only: 12 epochs of 78 batches on bench's first 5 sessions, or the time budget
-        "training.stages.0.epochs=12", "training.max_steps=936", f"training.time_budget_minutes={minutes}",
-        "decoding.extra_vocabulary=1000", "data.train_wer_trials=16", f"hydra.run.dir={run_dir}",
+        "data.validate=metadata", "model=mode_ssm_small", "training.batch_size=16",
+        # the CTC stage only (TTA adapts what CTC decoding reads), `epochs` or the time budget
+        f"training.stages.0.epochs={epochs}", "training.stages.1.epochs=0", "training.stages.2.epochs=0",
+        "training.stages.3.epochs=0", f"training.time_budget_minutes={minutes}",
+        "data.train_wer_trials=16", f"hydra.run.dir={run_dir}",
     ]
     print("training:", " ".join(cmd), flush=True)
     started = time.perf_counter()
@@ -83,11 +82,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=Path, default=Path("/tmp/mode_ssm_tta_drift"))
     p.add_argument("--checkpoint", type=Path, default=None)
-    p.add_argument("--train-sessions", type=int, default=5)
-    p.add_argument("--train-minutes", type=float, default=7.0, help="training stops here if 12 epochs take longer")
+    p.add_argument("--train-sessions", type=int, default=8)
+    p.add_argument("--train-epochs", type=int, default=14)
+    p.add_argument("--train-minutes", type=float, default=20.0, help="training stops here if the epochs take longer")
     p.add_argument("--tta", nargs="*", default=[], help="overrides of configs/evaluate.yaml's tta, e.g. steps=20")
-    p.add_argument("--conditions", nargs="*", default=["none", "whiten", "both"],
-                   help="none whiten entropy both (entropy alone adds ~4 minutes)")
+    p.add_argument("--conditions", nargs="*", default=["none", "whiten", "both", "self"],
+                   help="none whiten entropy both self (entropy alone adds ~4 minutes)")
     args = p.parse_args()
     torch.set_num_threads(1)
 
@@ -96,7 +96,8 @@ def main() -> None:
     from mode_ssm.tta import TTAConfig
 
     data = simulate(args.root)
-    ckpt = args.checkpoint or train(data, args.root / "run", args.train_sessions, args.train_minutes)
+    ckpt = args.checkpoint or train(data, args.root / "run", args.train_sessions, args.train_minutes,
+                                    args.train_epochs)
     base = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "evaluate.yaml").tta)
     base.update({k: OmegaConf.from_dotlist([o]).get(k) for o in args.tta for k in [o.split("=", 1)[0]]})
     tta_cfgs = {
@@ -104,6 +105,9 @@ def main() -> None:
         "whiten": TTAConfig.from_mapping({**base, "enabled": True, "steps": 0}),
         "entropy": TTAConfig.from_mapping({**base, "enabled": True, "whiten": False}),
         "both": TTAConfig.from_mapping({**base, "enabled": True}),
+        # whitening + self-training on the LM's transcripts (no entropy steps)
+        "self": TTAConfig.from_mapping({**base, "enabled": True, "steps": 0,
+                                        "self_train_rounds": base.get("self_train_rounds") or 2}),
     }
     loaded = load_model(ckpt)
     split = open_split(loaded, data, "val", validate="metadata")
@@ -112,7 +116,8 @@ def main() -> None:
     last_train = loaded.day_index.sessions[-1]
     print(f"model trained on {list(loaded.day_index.sessions)}; "
           f"val: {len(split)} trials in {len(split.sessions)} sessions")
-    print(f"TTA settings: {tta_cfgs['both'].to_dict()}")
+    for name in args.conditions:
+        print(f"TTA {name}: {tta_cfgs[name].to_dict()}")
 
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name in args.conditions:
@@ -143,7 +148,7 @@ def main() -> None:
             cells.append(f"{100 * r['per']:6.1f} ({rel('per'):+5.1f}%) {100 * r['wer']:6.1f} ({rel('wer'):+5.1f}%)")
         print(f"{name:10s}" + "".join(f"{c:>34s}" for c in cells))
     out = args.root / "tta_drift.json"
-    summary = {"checkpoint": str(ckpt), "tta": tta_cfgs["both"].to_dict(), "results": results}
+    summary = {"checkpoint": str(ckpt), "tta": {k: tta_cfgs[k].to_dict() for k in args.conditions}, "results": results}
     out.write_text(json.dumps(summary, indent=2))
     print(f"\nwritten to {out}")
 

@@ -212,3 +212,26 @@ def test_phoneme_confusions_add_up_to_the_edit_distance():
     assert counts[2, 5] == 1 and counts[4, 41] == 1 and counts[3, 41] == 1  # substitution and deletions
     assert counts[41, 9] == 2 and counts[7, 7] == 1  # insertions
     assert counts.sum() == sum(len(r) for r, _ in pairs) + 2  # every reference phoneme once, plus insertions
+
+
+def test_evaluate_switches_the_flow_bridge_on_and_off(tmp_path, tiny_data_root, tiny_checkpoint):
+    from mode_ssm.reports import run_evaluation
+
+    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    weights = [k for k in state["model"] if k.startswith("flow_bridge.") and k.endswith("weight")]
+    assert weights
+    gen = torch.Generator().manual_seed(0)
+    for k in weights:  # a bridge that moves features (the trained-for-3-steps one is still the identity)
+        state["model"][k] = torch.randn(state["model"][k].shape, generator=gen) * 0.5
+    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save(state, ckpt)
+
+    def loss(flag: str) -> float:
+        cfg = _compose("evaluate", [f"checkpoint={ckpt}", f"data.data_root={tiny_data_root}", f"flow_bridge={flag}",
+                                    f"output_dir={tmp_path / flag}", "decoder=ctc_greedy"])
+        return run_evaluation(cfg, tmp_path)["metrics"]["loss"]
+
+    off, on, default = loss("false"), loss("true"), loss("null")
+    assert off == default  # the checkpoint's config has it off
+    assert abs(on - off) > 1e-3

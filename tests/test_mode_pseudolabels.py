@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -12,6 +14,7 @@ from mode_ssm.models.mode import (
     fit_gmm2,
     mode_targets_for_batch,
     pseudo_label_blocks,
+    rate_features,
 )
 
 torch.set_num_threads(1)
@@ -129,3 +132,40 @@ def test_mode_head_pools_valid_frames_only():
     torch.testing.assert_close(probs.sum(-1), torch.ones(2))
     x[1, 6:] = 100.0  # garbage in padding
     torch.testing.assert_close(head(x, lengths)[1][1], alone[0])
+
+
+def test_rate_features_count_valid_frames_only():
+    emission = torch.tensor([[0.5, 0.5, 0.0, 1.0], [0.25, 0.75, 9.0, 9.0]])
+    lengths = torch.tensor([4, 2])
+    rate = rate_features(emission, lengths)
+    expected = torch.tensor([[4 * math.log((2.0 / 4 + 1e-3) / 0.25), math.log(3.0) - 3],
+                             [4 * math.log((1.0 / 2 + 1e-3) / 0.25), math.log(2.0) - 3]])
+    torch.testing.assert_close(rate, expected)
+
+
+def test_mode_head_learns_speaking_rate_from_emissions():
+    """Trials whose only difference is how often phonemes are emitted: the head must learn the mode from that."""
+    gen = torch.Generator().manual_seed(0)
+
+    def trials(n: int):
+        modes = torch.randint(0, 2, (n,), generator=gen)
+        lengths = torch.randint(20, 60, (n,), generator=gen)
+        rate = torch.where(modes == SILENT, 0.33, 0.2) * torch.exp(0.1 * torch.randn(n, generator=gen))
+        emission = (rate[:, None] + 0.1 * torch.randn(n, 60, generator=gen)).clamp(0, 1)  # soft, as from CTC
+        return torch.randn(n, 60, 8, generator=gen), lengths, emission, modes
+
+    torch.manual_seed(0)
+    head = ModeHead(8, hidden=16)
+    opt = torch.optim.Adam(head.parameters(), lr=0.03)
+    for _ in range(300):
+        x, lengths, emission, modes = trials(64)
+        loss = torch.nn.functional.cross_entropy(head(x, lengths, emission_probs=emission)[1], modes)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x, lengths, emission, modes = trials(500)
+    with torch.no_grad():
+        accuracy = (head.eval()(x, lengths, emission_probs=emission)[1].argmax(-1) == modes).float().mean()
+        blind = (head(x, lengths)[1].argmax(-1) == modes).float().mean()  # no rate given: features are noise
+    assert accuracy > 0.95, accuracy
+    assert blind < 0.65, blind

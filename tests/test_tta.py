@@ -137,3 +137,68 @@ def test_decode_trials_with_tta_leaves_the_model_as_loaded(tiny_data_root):
     assert tta.days["t15.2023.08.25"].day == 1  # nearest earlier known session
     again = decode_trials(loaded, data, batch_size=4)
     assert summarize(again.rows)["per"] == summarize(plain.rows)["per"]  # nothing leaked into later decodes
+
+
+class FixedTranscripts:
+    """Stands in for the LM word decoder: the same sentences for every batch, and a two-word lexicon."""
+
+    def __init__(self, sentences):
+        from mode_ssm.lexicon import Lexicon
+
+        self.sentences = sentences
+        self.lexicon = Lexicon.from_mapping({"aa": [[1, 2]], "bb": [[3]]})
+
+    def decode_batch(self, log_probs, lengths):
+        return list(self.sentences[: log_probs.shape[0]])
+
+
+class ScriptedModel(torch.nn.Module):
+    """CTC logits spelling out given phoneme sequences (one per trial, padded with blanks)."""
+
+    def __init__(self, sequences, frames=12):
+        super().__init__()
+        self.logits = torch.full((len(sequences), frames, 41), -10.0)
+        for b, seq in enumerate(sequences):
+            self.logits[b, :, 0] = 0.0
+            for t, c in enumerate(seq):
+                self.logits[b, 2 * t, c] = 5.0
+
+    def forward(self, features, lengths, day_index):
+        return {"phoneme_logits": self.logits, "out_lengths": torch.full((len(self.logits),), self.logits.shape[1])}
+
+
+def test_lm_pseudo_labels_keep_transcripts_the_network_nearly_agrees_with():
+    from mode_ssm.tta import lm_pseudo_labels
+
+    # "aa bb" is [1, 2, 40, 3, 40] with the boundary (40) after each word
+    greedy = [[1, 2, 40, 3, 40], [1, 2, 40, 5, 40], [7, 8, 9, 10, 11], [1, 2, 40]]
+    sentences = ["aa bb", "aa bb", "aa bb", "aa zz"]  # zz has no pronunciation
+    batch = {"features": torch.arange(4.0)[:, None, None].expand(4, 12, 512), "feature_lengths": torch.full((4,), 12),
+             "day_index": torch.zeros(4, dtype=torch.long)}
+    kept, seen = lm_pseudo_labels(ScriptedModel(greedy), [batch], FixedTranscripts(sentences), max_disagreement=0.2)
+    assert seen == 4 and len(kept) == 1
+    # trial 0 agrees exactly, trial 1 by 1 edit in 5 (0.2), trial 2 by 5 in 5, trial 3 is out of vocabulary
+    assert kept[0]["features"][:, 0, 0].tolist() == [0.0, 1.0]
+    assert kept[0]["targets"].tolist() == [[1, 2, 40, 3, 40]] * 2 and kept[0]["target_lengths"].tolist() == [5, 5]
+    kept, _ = lm_pseudo_labels(ScriptedModel(greedy), [batch], FixedTranscripts(sentences), max_disagreement=0.0)
+    assert kept[0]["features"][:, 0, 0].tolist() == [0.0]
+
+
+def test_self_training_fits_the_transcripts_on_the_day_layer_only_and_is_undone():
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL, n_days=3, n_channels=512).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = _session(2)
+    cfg = TTAConfig(enabled=True, whiten=False, steps=0, self_train_rounds=2, self_train_steps=15, self_train_lr=0.01,
+                    max_disagreement=100.0)
+    transcripts = FixedTranscripts(["aa bb", "bb aa", "aa"])
+    with adapted_to_session(model, lambda: [batch], whiten_batches, 1, cfg, transcripts) as (_, report):
+        changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed == {"day_layers.weights.1", "day_layers.biases.1"}
+    rounds = report["self_training"]
+    assert [r["kept"] for r in rounds] == [3, 3] and rounds[0]["trials"] == 3
+    assert rounds[1]["loss_last"] < 0.7 * rounds[0]["loss_first"]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="word decoder"):
+        with adapted_to_session(model, lambda: [batch], whiten_batches, 1, cfg):
+            pass

@@ -350,7 +350,7 @@ def decode_trials(
             def transform(batches, whitener):
                 return smoothed(whiten_batches(batches, whitener), augmenter)
 
-            with adapted_to_session(model, raw, transform, day, tta) as (batches, report):
+            with adapted_to_session(model, raw, transform, day, tta, word_decoder) as (batches, report):
                 rows += decode_split(model, batches(), ctx, word_decoder, amp, search=search,
                                      keep_log_probs=keep_log_probs)
             reports[session] = report

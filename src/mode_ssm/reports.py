@@ -346,6 +346,12 @@ def run_evaluation(cfg: Any, launch_dir: str | Path, console: Any | None = None)
     torch.set_num_threads(int(cfg.torch_threads))
     tta = TTAConfig.from_mapping(config_dict(cfg.tta))
     loaded = load_model(launch_dir / Path(str(cfg.checkpoint)).expanduser(), pick_device(str(cfg.device)))
+    if cfg.get("flow_bridge") is not None:
+        bridge = getattr(loaded.model, "flow_bridge", None)
+        if bridge is None:
+            raise ValueError(f"flow_bridge={cfg.flow_bridge} but {loaded.path} holds a "
+                             f"{type(loaded.model).__name__} without a flow bridge")
+        bridge.enabled = bool(cfg.flow_bridge)
     data_root = resolve_data_root(cfg.data.data_root, loaded, launch_dir)
     out_dir = launch_dir / Path(str(cfg.output_dir))
     labelled = cfg.split != "test"

@@ -1,6 +1,6 @@
 """Test-time adaptation against neural drift, one session at a time, without labels.
 
-Two steps per session, both unsupervised:
+Up to three steps per session, all without labels:
 
 1. **Feature whitening**: an exponential moving average of the session's
    per-channel mean and variance over its trials (valid bins only) re-
@@ -15,6 +15,16 @@ Two steps per session, both unsupervised:
    encoder or heads. Frames whose best class is blank are left out by default:
    CTC posteriors are mostly blank, and sharpening those only teaches the model
    to delete phonemes.
+3. **Self-training on language-model transcripts** (as continual online
+   recalibration does for intracortical speech decoders): decode the session
+   with the lexicon + n-gram beam search, turn each sentence back into
+   phonemes with the lexicon, keep the trials whose greedy CTC phonemes
+   disagree with that transcript by at most ``max_disagreement`` (a
+   confidence filter: the LM's correction is trusted where the network
+   already nearly agreed), and take CTC steps towards those pseudo-targets on
+   the same parameters. ``self_train_rounds`` repeats decode -> train, each
+   round with better transcripts. The LM carries knowledge that the drifted
+   network lacks, which entropy minimisation cannot bring in.
 
 :func:`adapted_to_session` restores every parameter it touched when the
 ``with`` block ends, so sessions never leak into one another.
@@ -26,6 +36,7 @@ import contextlib
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+import editdistance
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,6 +59,10 @@ class TTAConfig:
     params: tuple[str, ...] = ("day_layer",)  # any of PARAM_GROUPS
     temperature: float = 1.0  # softmax temperature of the entropy
     skip_blank_frames: bool = True  # entropy only over frames whose argmax is not blank
+    self_train_rounds: int = 0  # rounds of LM-transcript self-training per session (0: off)
+    self_train_steps: int = 20  # CTC optimizer steps per round
+    self_train_lr: float = 3e-3
+    max_disagreement: float = 0.5  # PER between greedy phonemes and the LM transcript above which a trial is left out
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> "TTAConfig":
@@ -67,8 +82,11 @@ class TTAConfig:
         if cfg.steps < 0 or cfg.lr < 0 or cfg.temperature <= 0:
             raise ValueError(f"tta needs steps >= 0, lr >= 0, temperature > 0; "
                              f"got {cfg.steps}, {cfg.lr}, {cfg.temperature}")
-        if cfg.steps > 0 and not cfg.params:
-            raise ValueError("tta.steps > 0 but tta.params is empty: name what may adapt, e.g. [day_layer]")
+        if (cfg.steps > 0 or cfg.self_train_rounds > 0) and not cfg.params:
+            raise ValueError("tta.steps or tta.self_train_rounds > 0 but tta.params is empty: "
+                             "name what may adapt, e.g. [day_layer]")
+        if cfg.self_train_rounds < 0 or cfg.self_train_steps < 0 or cfg.self_train_lr < 0 or cfg.max_disagreement < 0:
+            raise ValueError("tta.self_train_rounds, self_train_steps, self_train_lr and max_disagreement must be >= 0")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,40 +209,129 @@ def entropy_minimisation(
 
     Only ``params`` receive gradients; the caller restores them (see :func:`adapted_to_session`).
     """
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    model.eval()  # no dropout: the entropy of the model that will decode
+    losses: list[float] = []
+    step = 0
+    with only_trainable(model, params), torch.enable_grad():
+        while step < cfg.steps:
+            progressed = False
+            for batch in batches():
+                out = model(batch["features"], batch["feature_lengths"], batch["day_index"])
+                loss = ctc_entropy(out["phoneme_logits"], out["out_lengths"], cfg.temperature,
+                                   cfg.skip_blank_frames)
+                if loss is None:
+                    continue
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                step += 1
+                progressed = True
+                if step >= cfg.steps:
+                    break
+            if not progressed:  # nothing to adapt on (all frames blank): stop instead of spinning
+                break
+    return AdaptationReport(step, losses[0] if losses else None, losses[-1] if losses else None,
+                            sum(p.numel() for p in params))
+
+
+@contextlib.contextmanager
+def only_trainable(model: nn.Module, params: Iterable[nn.Parameter]) -> Iterator[None]:
+    """Inside the block only ``params`` require gradients; every flag is put back afterwards."""
     flags = {id(p): p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    optimizer = torch.optim.Adam(params, lr=cfg.lr)
-    model.eval()  # no dropout: the entropy of the model that will decode
-    losses: list[float] = []
-    step = 0
     try:
-        with torch.enable_grad():
-            while step < cfg.steps:
-                progressed = False
-                for batch in batches():
-                    out = model(batch["features"], batch["feature_lengths"], batch["day_index"])
-                    loss = ctc_entropy(out["phoneme_logits"], out["out_lengths"], cfg.temperature,
-                                       cfg.skip_blank_frames)
-                    if loss is None:
-                        continue
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    losses.append(float(loss.detach()))
-                    step += 1
-                    progressed = True
-                    if step >= cfg.steps:
-                        break
-                if not progressed:  # nothing to adapt on (all frames blank): stop instead of spinning
-                    break
+        yield
     finally:
         for p in model.parameters():
             p.requires_grad_(flags[id(p)])
-    return AdaptationReport(step, losses[0] if losses else None, losses[-1] if losses else None,
-                            sum(p.numel() for p in params))
+
+
+def lm_pseudo_labels(
+    model: nn.Module, batches: Iterable[Mapping[str, Any]], word_decoder: Any, max_disagreement: float
+) -> tuple[list[dict[str, Any]], int]:
+    """Decode a session and keep the trials whose LM transcript the network nearly agrees with.
+
+    -> (batches of the kept trials with ``targets`` (B, U) and ``target_lengths`` (B,), number of
+    trials seen). A transcript becomes phonemes with ``word_decoder.lexicon`` (first pronunciation,
+    boundary after each word); it is kept when edit distance(greedy CTC phonemes, transcript
+    phonemes) / transcript length <= ``max_disagreement`` and it fits the trial's frames.
+    """
+    from mode_ssm.decoding.ctc import ctc_greedy
+
+    model.eval()
+    kept: list[dict[str, Any]] = []
+    seen = 0
+    with torch.no_grad():
+        for batch in batches:
+            out = model(batch["features"], batch["feature_lengths"], batch["day_index"])
+            log_probs = out["phoneme_logits"].float().log_softmax(-1)
+            lengths = out["out_lengths"]
+            sentences = word_decoder.decode_batch(log_probs, lengths)
+            greedy = ctc_greedy(log_probs, lengths)
+            rows, targets = [], []
+            for i, sentence in enumerate(sentences):
+                seen += 1
+                try:
+                    ids = word_decoder.lexicon.sentence_to_ids(sentence)
+                except ValueError:  # a word without pronunciation: no target
+                    continue
+                if not ids or len(ids) > int(lengths[i]):
+                    continue
+                if editdistance.eval(greedy[i], ids) / len(ids) <= max_disagreement:
+                    rows.append(i)
+                    targets.append(torch.tensor(ids, dtype=torch.long))
+            if rows:
+                idx = torch.tensor(rows)
+                kept.append({
+                    "features": batch["features"][idx], "feature_lengths": batch["feature_lengths"][idx],
+                    "day_index": batch["day_index"][idx],
+                    "targets": nn.utils.rnn.pad_sequence(targets, batch_first=True),
+                    "target_lengths": torch.tensor([len(t) for t in targets]),
+                })
+    return kept, seen
+
+
+def self_training(
+    model: nn.Module,
+    batches: Callable[[], Iterable[Mapping[str, Any]]],
+    params: list[nn.Parameter],
+    cfg: TTAConfig,
+    word_decoder: Any,
+) -> dict[str, Any]:
+    """``cfg.self_train_rounds`` rounds of: pseudo-label the session (:func:`lm_pseudo_labels`), then
+    ``cfg.self_train_steps`` Adam steps of CTC loss towards those targets on ``params`` (model in eval mode).
+
+    Returns per round the trials kept and the mean CTC loss of its first and last step.
+    The caller restores ``params`` (see :func:`adapted_to_session`).
+    """
+    optimizer = torch.optim.Adam(params, lr=cfg.self_train_lr)
+    rounds = []
+    for _ in range(cfg.self_train_rounds):
+        labelled, seen = lm_pseudo_labels(model, batches(), word_decoder, cfg.max_disagreement)
+        report = {"kept": sum(len(b["target_lengths"]) for b in labelled), "trials": seen}
+        rounds.append(report)
+        if not labelled:
+            break
+        losses = []
+        with only_trainable(model, params), torch.enable_grad():
+            for step in range(cfg.self_train_steps):
+                b = labelled[step % len(labelled)]
+                out = model(b["features"], b["feature_lengths"], b["day_index"])
+                log_probs = out["phoneme_logits"].float().log_softmax(-1)
+                loss = F.ctc_loss(log_probs.transpose(0, 1), b["targets"], out["out_lengths"], b["target_lengths"],
+                                  blank=0, reduction="mean", zero_infinity=True)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+        if losses:
+            report.update(loss_first=losses[0], loss_last=losses[-1])
+    return {"self_training": rounds}
 
 
 @contextlib.contextmanager
@@ -247,6 +354,7 @@ def adapted_to_session(
     transform_batches: Callable[[Iterable[Mapping[str, Any]], Callable | None], Iterable[Mapping[str, Any]]],
     day: int,
     cfg: TTAConfig,
+    word_decoder: Any | None = None,
 ) -> Iterator[tuple[Callable[[], Iterable[Mapping[str, Any]]], dict[str, Any]]]:
     """Adapt ``model`` to one session; yields (batches to decode with, a report); restores on exit.
 
@@ -255,19 +363,25 @@ def adapted_to_session(
         transform_batches: (raw batches, whitener or None) -> what the model reads
             (whitening, then the evaluation smoothing).
         day: the day layer the session is decoded with.
+        word_decoder: the lexicon + LM beam search (a ``WordDecoder``); needed for self-training.
     """
+    if cfg.self_train_rounds > 0 and word_decoder is None:
+        raise ValueError("tta.self_train_rounds > 0 needs the lexicon + LM word decoder (decoder=ctc_lm)")
     whitener = fit_whitener(raw_batches(), cfg.ema_momentum, cfg.eps) if cfg.whiten else None
 
     def batches() -> Iterable[Mapping[str, Any]]:
         return transform_batches(raw_batches(), whitener)
 
-    params = adaptable_parameters(model, cfg.params, day) if cfg.steps > 0 else []
+    adapts = cfg.steps > 0 or cfg.self_train_rounds > 0
+    params = adaptable_parameters(model, cfg.params, day) if adapts else []
     with restored(params):
         report: dict[str, Any] = {"whitened": whitener is not None, "steps": 0}
-        if params:
+        if params and cfg.steps > 0:
             r = entropy_minimisation(model, batches, params, cfg)
             report.update(steps=r.steps, entropy_before=r.entropy_before, entropy_after=r.entropy_after,
                           n_parameters=r.n_parameters)
+        if params and cfg.self_train_rounds > 0:
+            report.update(self_training(model, batches, params, cfg, word_decoder))
         yield batches, report
 
 
@@ -281,5 +395,6 @@ def whiten_batches(batches: Iterable[Mapping[str, Any]], whitener: FeatureWhiten
 
 __all__ = [
     "AdaptationReport", "FeatureWhitener", "PARAM_GROUPS", "TTAConfig", "adaptable_parameters",
-    "adapted_to_session", "ctc_entropy", "entropy_minimisation", "fit_whitener", "restored", "whiten_batches",
+    "adapted_to_session", "ctc_entropy", "entropy_minimisation", "fit_whitener", "lm_pseudo_labels",
+    "only_trainable", "restored", "self_training", "whiten_batches",
 ]

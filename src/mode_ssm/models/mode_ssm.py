@@ -6,6 +6,7 @@
       -> preprocessor: normalise, gate, conv stem           time / downsample
       -> encoder: BiMambaEncoder                            ssm.py
       -> mode_head: p(z | X) and FiLM on its posterior      mode.py
+         (reads the speaking rate from the CTC head's blank probability)
       -> flow_bridge: optional few-step denoiser            flow_bridge.py
       -> ctc_head (B, T', 41); rnnt: predictor + joiner     heads.py
 
@@ -26,7 +27,7 @@ from mode_ssm.models.frontend import DayInputLayers, Preprocessor, select_channe
 from mode_ssm.models.heads import CTCHead, RNNTHead
 from mode_ssm.models.mode import ModeHead
 from mode_ssm.models.ssm import BiMambaEncoder
-from mode_ssm.phonemes import NUM_CLASSES
+from mode_ssm.phonemes import BLANK, NUM_CLASSES
 
 
 @dataclass
@@ -138,7 +139,9 @@ class ModeSSM(nn.Module):
         x = self.day_layers(x, day_index)
         x, out_lengths = self.preprocessor(x, feature_lengths)
         encoder_features = self.encoder(x, out_lengths)
-        conditioned, mode_logits, probs = self.mode_head(encoder_features, out_lengths, mode_probs)
+        with torch.no_grad():  # speaking rate for the mode head: a read-out, not a path for the mode loss
+            emission = 1.0 - self.ctc_head.proj(encoder_features).float().softmax(-1)[..., BLANK]
+        conditioned, mode_logits, probs = self.mode_head(encoder_features, out_lengths, mode_probs, emission)
         head_features = conditioned if self.flow_bridge is None else self.flow_bridge(conditioned, out_lengths)
         return {
             "phoneme_logits": self.ctc_head(head_features),
