@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny simulated data roots, made once per test session."""
+"""Shared fixtures: a tiny simulated data root and a checkpoint trained on it, made once per test session."""
 
 from __future__ import annotations
 
@@ -27,3 +27,11 @@ def tiny_data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("sim") / "hdf5_data_final"
     simulate(TINY_SIM, output_dir=root, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_data_root):
+    """scripts/train.py run for 3 steps on ``tiny_data_root`` with its fourth session held out."""
+    from helpers import trained_checkpoint
+
+    return trained_checkpoint(tmp_path_factory, tiny_data_root)

@@ -4,60 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import editdistance
 import pytest
 import torch
+from helpers import REPO, UNSEEN, run_script
 
 from mode_ssm.data.t15 import T15DataError
 from mode_ssm.evaluation import block_mode_accuracy, summarize
 from mode_ssm.phonemes import ids_to_string
 from mode_ssm.reports import phoneme_confusions, phoneme_ids
 from mode_ssm.training.checkpoint import CheckpointError
-
-REPO = Path(__file__).resolve().parent.parent
-TINY_TRAIN = [
-    "model.d_model=32", "model.n_layers=1", "model.predictor_dim=32", "model.joiner_dim=32", "model.flow_hidden=32",
-    "model.mode_hidden=16", "model.head_dim=16", "model.chunk_size=16", "decoding.extra_vocabulary=100",
-    "decoding.beam=8", "data.train_wer_trials=8", "training.max_steps=3",
-    "data.max_sessions=3",  # the fourth session stays unseen: evaluation must fall back to an earlier day layer
-]
-UNSEEN = "t15.2023.08.25"
-
-
-def env() -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    e.update(OMP_NUM_THREADS="1", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
-    return e
-
-
-def run_script(
-    name: str, args: list[str], cwd: Path, expect_rc: int = 0, **extra_env: str
-) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], cwd=cwd, env={**env(), **extra_env},
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == expect_rc, \
-        f"{name} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
-
-
-def trained_checkpoint(tmp_path_factory, data_root: Path) -> Path:
-    """One tiny training run per test session, shared through the session's temp folder (also by test_submission)."""
-    run_dir = tmp_path_factory.getbasetemp() / "tiny_trained_run"
-    ckpt = run_dir / "checkpoints" / "best.pt"
-    if not ckpt.is_file():
-        run_script("train.py", [f"data.data_root={data_root}", *TINY_TRAIN, f"hydra.run.dir={run_dir}"], REPO)
-    return ckpt
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, tiny_data_root) -> Path:
-    return trained_checkpoint(tmp_path_factory, tiny_data_root)
 
 
 @pytest.fixture()
@@ -137,7 +96,13 @@ def test_evaluate_test_split_gives_predictions_only(tmp_path, tiny_data_root, ti
 
 def test_rnnt_decoders_and_tuning_share_the_evaluation_rows(tiny_data_root, tiny_checkpoint, tmp_path):
     from mode_ssm.inference import (
-        RNNTSettings, WordDecoding, decode_trials, load_model, make_search, open_split, word_search_grid,
+        RNNTSettings,
+        WordDecoding,
+        decode_trials,
+        load_model,
+        make_search,
+        open_split,
+        word_search_grid,
     )
 
     loaded = load_model(tiny_checkpoint)

@@ -10,7 +10,12 @@ import pytest
 
 from mode_ssm.data.t15 import T15Split
 from mode_ssm.submission import (
-    SubmissionError, fill_empty, manifest_path, read_test_trials, validate_submission, write_submission,
+    SubmissionError,
+    fill_empty,
+    manifest_path,
+    read_test_trials,
+    validate_submission,
+    write_submission,
 )
 
 N_TEST = 13  # test trials in tests/conftest.py's tiny data root
@@ -109,10 +114,10 @@ def test_fill_empty_uses_greedy_words_then_the_fallback():
     assert texts == ["kept as is", "hi you", "the"] and (n_greedy, n_fallback) == (1, 1)
 
 
-def test_make_submission_command_line(tmp_path, tiny_data_root, tmp_path_factory):
-    from test_evaluate import run_script, trained_checkpoint
+def test_make_submission_command_line(tmp_path, tiny_data_root, tiny_checkpoint):
+    from helpers import run_script
 
-    ckpt = trained_checkpoint(tmp_path_factory, tiny_data_root)
+    ckpt = tiny_checkpoint
     (tmp_path / "data").symlink_to(tiny_data_root)
     proc = run_script("make_submission.py", [f"checkpoint={ckpt}", "data.data_root=data", "output=sub/submission.csv",
                                              "work_dir=work", "tta.enabled=true", "tta.steps=1"], tmp_path)

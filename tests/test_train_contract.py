@@ -7,7 +7,6 @@ API key and no terminal (stdin closed), and is read back from its .wandb log.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
