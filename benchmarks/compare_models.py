@@ -1,11 +1,14 @@
 """MODE-SSM vs the official GRU baseline on the same data and CPU budget.
 
 Trains each model with scripts/train.py for the same wall-clock budget on one
-thread, back to back (never side by side: a second busy process slows the first
-~10x on 2 cores), then prints: best val PER and WER, train trials/s, peak RSS,
-and encoder time per 1000 frames (forward+backward) at two sequence lengths.
+thread, back to back, then prints: best val PER and WER, train trials/s, peak RSS,
+and forward+backward time per 1000 bins at two sequence lengths.
 
     python benchmarks/compare_models.py --data-root data/simulated/bench_seed0 --minutes 30
+
+On a 2-core machine two single-thread runs can also go side by side (one core each,
+both under the same load), e.g. ``--models mode_ssm`` and ``--models gru_baseline``
+with different ``--out``; that is how the README's table was measured.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
-# MODE-SSM runs its whole curriculum, sized so it ends inside a 30-minute budget on
-# bench (measured: ~50 s per CTC epoch, ~75 s per joint epoch of 1412 trials on one
-# core); a smaller budget ends it wherever it is. The GRU trains CTC for as long as the
-# budget lasts. `mode_ssm_no_film` is MODE-SSM without mode conditioning (the head
+# MODE-SSM runs its curriculum: CTC warm-up 7, joint 4, mode 2, denoise 1 epochs. Measured on
+# bench with batch 16 while another one-thread training ran beside it: ~115-130 s per CTC
+# epoch, ~150 s per joint epoch, ~70-90 s per mode epoch, so 30 minutes end after the mode
+# stage (the denoise stage trains only the flow bridge, which decoding leaves off by
+# default; rerunning the same train.py command resumes it). The GRU trains CTC for as long
+# as the budget lasts. `mode_ssm_no_film` is MODE-SSM without mode conditioning (the head
 # is still trained and reported, its posterior is not used), for the on/off effect.
 CURRICULUM = ["training.stages.0.epochs=7", "training.stages.1.epochs=4", "training.stages.2.epochs=2",
               "training.stages.3.epochs=1"]

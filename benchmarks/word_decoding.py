@@ -10,7 +10,8 @@ Per checkpoint (one CPU thread), on the val split:
     adaptation (whitening + self-training on the LM's transcripts, ``--tta`` overrides);
   - ms per sentence of the n-gram beam search alone (re-run over stored log-probabilities);
   - for models with a flow bridge, PER and WER with the bridge switched on;
-  - for models with a mode head, block-level mode accuracy against the simulator's truth.
+  - for models with a mode head, mode accuracy against the simulator's truth, per trial and per
+    block (majority vote of its trials), on val and on every train block.
 Writes a JSON file next to the first checkpoint's run (``--out`` to choose) and prints a
 Markdown table.
 """
@@ -78,6 +79,14 @@ def evaluate(ckpt: Path, data_root: Path | None, n_late: int, tta_overrides: lis
     sa = summarize(adapted.rows)
     out.update(late_wer_lm_tta=sa["wer"], late_per_tta=sa["per"], tta=tta.to_dict(), tta_reports=adapted.tta)
 
+    if getattr(loaded.model, "mode_head", None) is not None:
+        # every train block too (the mode is per block; val holds a few trials of some blocks)
+        search, _ = make_search("ctc_greedy", loaded, None)
+        train = T15Split(root, "train", day_index=loaded.day_index, validate="metadata",
+                         num_channels=loaded.num_channels)
+        st = summarize(decode_trials(loaded, train, search=search, batch_size=16).rows)
+        out.update(train_mode_accuracy_block=st.get("mode_accuracy_block"), train_mode_accuracy=st.get("mode_accuracy"))
+
     bridge = getattr(loaded.model, "flow_bridge", None)
     if bridge is not None:
         bridge.enabled = True
@@ -114,6 +123,10 @@ def main() -> None:
               f"{pct(r['late_wer_lm'])} | {pct(r['late_wer_lm_tta'])} | {pct(r['mode_accuracy_block'])} | "
               f"{r['lm_search_ms_per_sentence']:.1f} |")
     for name, r in results.items():
+        if r.get("train_mode_accuracy_block") is not None:
+            print(f"{name} mode accuracy: val trials {pct(r['mode_accuracy'])}%, val blocks "
+                  f"{pct(r['mode_accuracy_block'])}%, train trials {pct(r['train_mode_accuracy'])}%, "
+                  f"train blocks {pct(r['train_mode_accuracy_block'])}%")
         if "per_flow_bridge" in r:
             print(f"{name} with the flow bridge on: PER {r['per_flow_bridge']:.3f} (off {r['per']:.3f}), "
                   f"WER {pct(r['wer_lm_flow_bridge'])} (off {pct(r['wer_lm'])})")
