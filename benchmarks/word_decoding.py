@@ -65,8 +65,8 @@ def evaluate(ckpt: Path, data_root: Path | None, n_late: int, tta_overrides: lis
     late = list(data.sessions)[-n_late:]
     late_rows = [r for r in lm.rows if r["session"] in late]
     out["late_sessions"] = late
-    out["late_wer_lm"] = summarize(late_rows)["wer"]
-    out["late_per"] = summarize(late_rows)["per"]
+    sl = summarize(late_rows)
+    out.update(late_wer_lm=sl["wer"], late_per=sl["per"])
     base = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "evaluate.yaml").tta)
     base.update({"enabled": True, "steps": 0, "self_train_rounds": 2})
     base.update({k: v for o in tta_overrides for k, v in OmegaConf.from_dotlist([o]).items()})
