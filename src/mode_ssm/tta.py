@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mode_ssm.data.augment import length_mask
+from mode_ssm.data.t15 import count_adjacent_repeats
+from mode_ssm.losses import ctc_loss_per_token
 
 PARAM_GROUPS = ("day_layer", "day_bias", "gates", "norms")
 
@@ -280,8 +282,8 @@ def lm_pseudo_labels(
                     ids = word_decoder.lexicon.sentence_to_ids(sentence)
                 except ValueError:  # a word without pronunciation: no target
                     continue
-                if not ids or len(ids) > int(lengths[i]):
-                    continue
+                if not ids or len(ids) + count_adjacent_repeats(ids) > int(lengths[i]):
+                    continue  # CTC cannot align it (repeats need a blank between them)
                 if editdistance.eval(greedy[i], ids) / len(ids) <= max_disagreement:
                     rows.append(i)
                     targets.append(torch.tensor(ids, dtype=torch.long))
@@ -322,9 +324,7 @@ def self_training(
             for step in range(cfg.self_train_steps):
                 b = labelled[step % len(labelled)]
                 out = model(b["features"], b["feature_lengths"], b["day_index"])
-                log_probs = out["phoneme_logits"].float().log_softmax(-1)
-                loss = F.ctc_loss(log_probs.transpose(0, 1), b["targets"], out["out_lengths"], b["target_lengths"],
-                                  blank=0, reduction="mean", zero_infinity=True)
+                loss = ctc_loss_per_token(out["phoneme_logits"], out["out_lengths"], b["targets"], b["target_lengths"])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from mode_ssm.data.t15 import ctc_min_time_steps
 from mode_ssm.phonemes import BOUNDARY, NUM_CLASSES, PHONEME_TO_ID
 
 BIN_SECONDS = 0.02
@@ -365,15 +366,9 @@ def session_state(participant: Participant, day: int) -> SessionState:
 # One trial.
 
 
-def ctc_min_frames(phoneme_ids: np.ndarray | list[int]) -> int:
-    """Labels plus adjacent repeats: the output frames CTC needs for this label sequence."""
-    ids = np.asarray(phoneme_ids)
-    return int(len(ids) + np.count_nonzero(ids[1:] == ids[:-1]))
-
-
 def ctc_feasible(n_time_steps: int, phoneme_ids: np.ndarray | list[int], patch: int = 14, stride: int = 4) -> bool:
     """Whether the official model's (n_time_steps - 14) // 4 + 1 outputs can carry the labels."""
-    return n_time_steps >= patch and (n_time_steps - patch) // stride + 1 >= ctc_min_frames(phoneme_ids)
+    return n_time_steps >= ctc_min_time_steps(phoneme_ids, patch, stride)
 
 
 def trial_timeline(
