@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parent.parent
 NEAR_DAYS = 62
@@ -93,13 +92,12 @@ def main() -> None:
 
     from mode_ssm.evaluation import summarize
     from mode_ssm.inference import WordDecoding, decode_trials, load_model, make_search, open_split
-    from mode_ssm.tta import TTAConfig
+    from mode_ssm.tta import TTAConfig, tta_settings
 
     data = simulate(args.root)
     ckpt = args.checkpoint or train(data, args.root / "run", args.train_sessions, args.train_minutes,
                                     args.train_epochs)
-    base = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "evaluate.yaml").tta)
-    base.update({k: OmegaConf.from_dotlist([o]).get(k) for o in args.tta for k in [o.split("=", 1)[0]]})
+    base = tta_settings(REPO / "configs" / "evaluate.yaml", args.tta)
     tta_cfgs = {
         "none": TTAConfig.from_mapping({**base, "enabled": False}),
         "whiten": TTAConfig.from_mapping({**base, "enabled": True, "steps": 0}),

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,7 +36,7 @@ def evaluate(ckpt: Path, data_root: Path | None, n_late: int, tta_overrides: lis
     from mode_ssm.data.t15 import T15Split
     from mode_ssm.evaluation import summarize
     from mode_ssm.inference import WordDecoding, decode_trials, load_model, make_search, open_split
-    from mode_ssm.tta import TTAConfig
+    from mode_ssm.tta import TTAConfig, tta_settings
 
     loaded = load_model(ckpt)
     root = data_root or loaded.trained_data_root
@@ -67,10 +66,8 @@ def evaluate(ckpt: Path, data_root: Path | None, n_late: int, tta_overrides: lis
     out["late_sessions"] = late
     sl = summarize(late_rows)
     out.update(late_wer_lm=sl["wer"], late_per=sl["per"])
-    base = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "evaluate.yaml").tta)
-    base.update({"enabled": True, "steps": 0, "self_train_rounds": 2})
-    base.update({k: v for o in tta_overrides for k, v in OmegaConf.from_dotlist([o]).items()})
-    tta = TTAConfig.from_mapping(base)
+    tta = TTAConfig.from_mapping(tta_settings(REPO / "configs" / "evaluate.yaml", tta_overrides,
+                                              {"enabled": True, "steps": 0, "self_train_rounds": 2}))
     late_split = T15Split(root, "val", day_index=loaded.day_index, validate="metadata",
                           num_channels=loaded.num_channels, sessions=late)
     started = time.perf_counter()

@@ -10,7 +10,8 @@ import torch
 
 from mode_ssm.models.build import build_model
 from mode_ssm.tta import (
-    FeatureWhitener, TTAConfig, adaptable_parameters, adapted_to_session, ctc_entropy, whiten_batches,
+    FeatureWhitener, TTAConfig, adaptable_parameters, adapted_to_session, ctc_entropy, tta_settings,
+    whiten_batches,
 )
 
 TINY_MODEL = {"name": "mode_ssm", "d_model": 16, "n_layers": 1, "predictor_dim": 8, "joiner_dim": 8,
@@ -75,6 +76,19 @@ def test_config_rejects_unknown_options():
         TTAConfig.from_mapping({"params": ["encoder"]})
     with pytest.raises(ValueError, match="ema_momentum"):
         TTAConfig.from_mapping({"ema_momentum": 1.0})
+
+
+def test_tta_settings_layer_the_file_defaults_and_overrides(tmp_path):
+    path = tmp_path / "evaluate.yaml"
+    path.write_text("split: val\ntta:\n  enabled: false\n  steps: 20\n  lr: 0.001\n  params: [day_layer]\n")
+    settings = tta_settings(path, ["lr=0.01", "params=[day_bias]"], {"enabled": True, "lr": 0.5, "steps": 0})
+    assert settings == {"enabled": True, "steps": 0, "lr": 0.01, "params": ["day_bias"]}
+    assert TTAConfig.from_mapping(settings).params == ("day_bias",)
+    with pytest.raises(ValueError, match="not key=value"):
+        tta_settings(path, ["lr"])
+    (tmp_path / "other.yaml").write_text("split: val\n")
+    with pytest.raises(ValueError, match="no tta section"):
+        tta_settings(tmp_path / "other.yaml")
 
 
 def _session(seed: int, n: int = 3, steps: int = 40):

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import editdistance
 import torch
@@ -95,6 +96,27 @@ class TTAConfig:
         d = asdict(self)
         d["params"] = list(self.params)
         return d
+
+
+def tta_settings(
+    config_file: str | Path, overrides: Sequence[str] = (), defaults: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``tta:`` section of a config file (e.g. configs/evaluate.yaml) as a dict, for :meth:`TTAConfig.from_mapping`.
+
+    ``defaults`` replace the file's values; ``overrides`` (``key=value`` strings, as on a command
+    line) replace both.
+    """
+    from omegaconf import OmegaConf
+
+    section = OmegaConf.load(config_file).get("tta")
+    if section is None:
+        raise ValueError(f"{config_file}: no tta section")
+    settings = {**OmegaConf.to_container(section), **dict(defaults or {})}  # type: ignore[dict-item]
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"tta override {item!r} is not key=value")
+        settings.update(OmegaConf.to_container(OmegaConf.from_dotlist([item])))  # type: ignore[arg-type]
+    return settings
 
 
 class FeatureWhitener:
@@ -396,5 +418,5 @@ def whiten_batches(batches: Iterable[Mapping[str, Any]], whitener: FeatureWhiten
 __all__ = [
     "AdaptationReport", "FeatureWhitener", "PARAM_GROUPS", "TTAConfig", "adaptable_parameters",
     "adapted_to_session", "ctc_entropy", "entropy_minimisation", "fit_whitener", "lm_pseudo_labels",
-    "only_trainable", "restored", "self_training", "whiten_batches",
+    "only_trainable", "restored", "self_training", "tta_settings", "whiten_batches",
 ]
