@@ -9,12 +9,19 @@
    scripts/train.py, unless ``ROOT/run/checkpoints/best.pt`` exists or
    ``--checkpoint`` is given.
 3. Decodes the val trials of every session with the lexicon + 3-gram decoder,
-   without TTA and with it: whitening only, whitening + entropy minimisation
-   ("both"), whitening + self-training on the LM's transcripts ("self");
-   ``--conditions`` adds entropy minimisation alone. Prints PER/WER for:
+   without TTA ("none") and with it: input whitening only ("whiten"), plain
+   entropy minimisation ("entropy"), information maximisation = entropy
+   minimisation + diversity, the evaluate.yaml default ("im"), and
+   self-training on the LM's transcripts ("self", slow: ~20 minutes).
+   ``--conditions`` picks which. Prints PER/WER for:
    sessions seen in training (no drift relative to their own day layer), near
    unseen sessions (<= 2 months after the last training day) and late unseen
    sessions (3-13 months after), decoded with the nearest earlier day's layer.
+   Unseen sessions adapt on their val trials and, unless ``--adapt-val-only``,
+   on their train-split trials too (unlabelled data of that day the model never
+   trained on; only val trials are scored). Self-training is cross-fitted
+   (``tta.self_train_folds``): a trial is never decoded by a model fitted to its
+   own pseudo-label.
 
 TTA settings default to ``configs/evaluate.yaml``'s ``tta`` section; ``--tta
 steps=20 lr=0.003`` overrides them. Numbers depend on how far the small model
@@ -85,11 +92,15 @@ def main() -> None:
     p.add_argument("--train-epochs", type=int, default=14)
     p.add_argument("--train-minutes", type=float, default=20.0, help="training stops here if the epochs take longer")
     p.add_argument("--tta", nargs="*", default=[], help="overrides of configs/evaluate.yaml's tta, e.g. steps=20")
-    p.add_argument("--conditions", nargs="*", default=["none", "whiten", "both", "self"],
-                   help="none whiten entropy both self (entropy alone adds ~4 minutes)")
+    p.add_argument("--conditions", nargs="*", default=["none", "whiten", "entropy", "im"],
+                   help="any of none whiten entropy im self")
+    p.add_argument("--out", type=Path, default=None, help="results JSON (default ROOT/tta_drift.json)")
+    p.add_argument("--adapt-val-only", action="store_true",
+                   help="unseen sessions adapt on their val trials only, not also on their train-split trials")
     args = p.parse_args()
     torch.set_num_threads(1)
 
+    from mode_ssm.data.t15 import T15Split
     from mode_ssm.evaluation import summarize
     from mode_ssm.inference import WordDecoding, decode_trials, load_model, make_search, open_split
     from mode_ssm.tta import TTAConfig, tta_settings
@@ -100,18 +111,23 @@ def main() -> None:
     base = tta_settings(REPO / "configs" / "evaluate.yaml", args.tta)
     tta_cfgs = {
         "none": TTAConfig.from_mapping({**base, "enabled": False}),
-        "whiten": TTAConfig.from_mapping({**base, "enabled": True, "steps": 0}),
-        "entropy": TTAConfig.from_mapping({**base, "enabled": True, "whiten": False}),
-        "both": TTAConfig.from_mapping({**base, "enabled": True}),
-        # whitening + self-training on the LM's transcripts (no entropy steps)
+        "whiten": TTAConfig.from_mapping({**base, "enabled": True, "whiten": True, "steps": 0,
+                                          "self_train_rounds": 0}),
+        "entropy": TTAConfig.from_mapping({**base, "enabled": True, "diversity": 0.0, "self_train_rounds": 0}),
+        "im": TTAConfig.from_mapping({**base, "enabled": True, "self_train_rounds": 0}),
+        # self-training on the LM's transcripts alone (no entropy steps)
         "self": TTAConfig.from_mapping({**base, "enabled": True, "steps": 0,
-                                        "self_train_rounds": base.get("self_train_rounds") or 2}),
+                                        "self_train_rounds": base.get("self_train_rounds") or 3}),
     }
     loaded = load_model(ckpt)
     split = open_split(loaded, data, "val", validate="metadata")
     words = WordDecoding(loaded, data, args.root / "lm")
     _, word_decoder = make_search("ctc_lm", loaded, words)
     last_train = loaded.day_index.sessions[-1]
+    unseen = [s for s in split.sessions if not loaded.day_index.lookup(s).exact]
+    adapt_also = None if args.adapt_val_only or not unseen else T15Split(
+        data, "train", day_index=loaded.day_index, validate="metadata", num_channels=loaded.num_channels,
+        sessions=unseen)
     print(f"model trained on {list(loaded.day_index.sessions)}; "
           f"val: {len(split)} trials in {len(split.sessions)} sessions")
     for name in args.conditions:
@@ -120,7 +136,8 @@ def main() -> None:
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name in args.conditions:
         started = time.perf_counter()
-        res = decode_trials(loaded, split, word_decoder=word_decoder, tta=tta_cfgs[name], batch_size=16)
+        res = decode_trials(loaded, split, word_decoder=word_decoder, tta=tta_cfgs[name], batch_size=16,
+                            adapt_also=adapt_also)
         groups: dict[str, list] = {}
         for r in res.rows:
             groups.setdefault(group_of(r["session"], res.days[r["session"]], last_train), []).append(r)
@@ -145,8 +162,9 @@ def main() -> None:
             rel = lambda k: 100 * (r[k] - b[k]) / b[k] if b[k] else 0.0  # noqa: E731
             cells.append(f"{100 * r['per']:6.1f} ({rel('per'):+5.1f}%) {100 * r['wer']:6.1f} ({rel('wer'):+5.1f}%)")
         print(f"{name:10s}" + "".join(f"{c:>34s}" for c in cells))
-    out = args.root / "tta_drift.json"
-    summary = {"checkpoint": str(ckpt), "tta": {k: tta_cfgs[k].to_dict() for k in args.conditions}, "results": results}
+    out = args.out or args.root / "tta_drift.json"
+    summary = {"checkpoint": str(ckpt), "tta": {k: tta_cfgs[k].to_dict() for k in args.conditions},
+               "adapt_also_train_trials": 0 if adapt_also is None else len(adapt_also), "results": results}
     out.write_text(json.dumps(summary, indent=2))
     print(f"\nwritten to {out}")
 

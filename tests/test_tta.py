@@ -66,6 +66,11 @@ def test_ctc_entropy_counts_only_valid_non_blank_frames():
     assert no_blank.item() == pytest.approx((entropy(logits[0, 1]) + entropy(logits[1, 0])) / 2)
     assert ctc_entropy(logits, lengths, temperature=1e6, skip_blank_frames=False).item() == pytest.approx(math.log(4))
     assert ctc_entropy(torch.zeros(1, 2, 4), torch.tensor([2])) is None  # all blank: nothing to adapt on
+    # information maximisation: minus the entropy of the kept frames' mean non-blank distribution
+    mean_non_blank = (torch.softmax(logits[0, 1, 1:], -1) + torch.softmax(logits[1, 0, 1:], -1)) / 2
+    h_mean = float(-(mean_non_blank * mean_non_blank.log()).sum())
+    diverse = ctc_entropy(logits, lengths, diversity=0.5)
+    assert diverse.item() == pytest.approx(no_blank.item() - 0.5 * h_mean)
 
 
 def test_config_rejects_unknown_options():
@@ -98,16 +103,18 @@ def _session(seed: int, n: int = 3, steps: int = 40):
             "day_index": torch.full((n,), 1)}
 
 
-def test_adaptation_changes_only_the_chosen_day_layer_and_is_undone():
+@pytest.mark.parametrize("diversity", [0.0, 1.0])
+def test_adaptation_changes_only_the_chosen_day_layer_and_is_undone(diversity):
     torch.manual_seed(0)
     model = build_model(TINY_MODEL, n_days=3, n_channels=512).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     batch = _session(1)
-    cfg = TTAConfig(enabled=True, steps=6, lr=0.05, params=("day_layer",), skip_blank_frames=False)
-    with adapted_to_session(model, lambda: [batch], whiten_batches, 1, cfg) as (batches, report):
+    cfg = TTAConfig(enabled=True, whiten=True, steps=6, lr=0.05, params=("day_layer",), skip_blank_frames=False,
+                    diversity=diversity)
+    with adapted_to_session(model, lambda: [batch], whiten_batches, 1, cfg) as (prepare, report):
         inside = model.state_dict()
         changed = {k for k in before if not torch.equal(before[k], inside[k])}
-        decoded = list(batches())
+        decoded = list(prepare([batch]))
     assert changed == {"day_layers.weights.1", "day_layers.biases.1"}
     assert report["steps"] == 6 and report["n_parameters"] == 512 * 512 + 512
     assert report["entropy_after"] < report["entropy_before"]
@@ -180,6 +187,33 @@ class ScriptedModel(torch.nn.Module):
     def forward(self, features, lengths, day_index):
         return {"phoneme_logits": self.logits, "out_lengths": torch.full((len(self.logits),), self.logits.shape[1])}
 
+
+
+def test_decode_trials_cross_fits_self_training_and_adapts_on_extra_trials(tiny_data_root):
+    from mode_ssm.data.t15 import DayIndex
+    from mode_ssm.inference import LoadedModel, decode_trials, open_split
+
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL, n_days=1, n_channels=512).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loaded = LoadedModel(model, DayIndex(("t15.2023.08.13",)), {"preprocessor": {"num_channels": 512}},
+                         tiny_data_root / "none.pt", tiny_data_root, torch.device("cpu"))
+    val, train = open_split(loaded, tiny_data_root, "val"), open_split(loaded, tiny_data_root, "train")
+    per_session = lambda split: {s: sum(m["session"] == s for m in split.trial_metadata()) for s in split.sessions}  # noqa: E731
+    n_val, n_train = per_session(val), per_session(train)
+    cfg = TTAConfig(enabled=True, whiten=False, steps=0, self_train_rounds=1, self_train_steps=2,
+                    max_disagreement=100.0, self_train_folds=2)
+    res = decode_trials(loaded, val, word_decoder=FixedTranscripts(["aa bb"] * 4), tta=cfg, batch_size=4,
+                        adapt_also=train)
+    assert [r["source"] for r in res.rows] == [m["source"] for m in val.trial_metadata()]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    for session, n in n_val.items():
+        folds = res.tta[session]["folds"] if n > 1 else [res.tta[session]]
+        assert [f["decoded"] for f in folds] == ([(n + 1) // 2, n // 2] if n > 1 else [1])
+        for f in folds:  # each fold adapted on the other fold(s) and the session's train trials, never itself
+            others = n - f["decoded"] if n > 1 else n
+            assert f["adapted_on"] == others + n_train.get(session, 0)
+            assert f["self_training"][0]["trials"] == f["adapted_on"]
 
 def test_lm_pseudo_labels_keep_transcripts_the_network_nearly_agrees_with():
     from mode_ssm.tta import lm_pseudo_labels

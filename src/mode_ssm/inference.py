@@ -328,10 +328,19 @@ def decode_trials(
     amp: bool = False,
     keep_log_probs: bool = False,
     log: Callable[[str], None] | None = None,
+    adapt_also: T15Split | None = None,
 ) -> DecodeResult:
-    """Decode every trial of ``data`` session by session (with TTA per session if enabled)."""
+    """Decode every trial of ``data`` session by session (with TTA per session if enabled).
+
+    With TTA, each session adapts on its own trials plus, if ``adapt_also`` is given, that
+    split's trials of the same session (unlabelled data recorded that day; labels are never
+    read). Self-training is cross-fitted: the session's trials are dealt into
+    ``tta.self_train_folds`` interleaved folds and each fold is decoded by the model adapted
+    on everything else, so no trial is decoded by a model fitted to its own pseudo-label.
+    """
     tta = tta or TTAConfig()
     meta = data.trial_metadata()
+    extra_meta = adapt_also.trial_metadata() if adapt_also is not None else []
     days = session_days(loaded, data.sessions, unseen)
     ctx = DistContext(device=loaded.device)
     augmenter = loaded.eval_augmenter()
@@ -339,24 +348,35 @@ def decode_trials(
     rows: list[dict[str, Any]] = []
     reports: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
+
+    def transform(batches, whitener):
+        return smoothed(whiten_batches(batches, whitener), augmenter)
+
     for session in data.sessions:
         indices = [i for i, m in enumerate(meta) if m["session"] == session]  # recording order
+        extra = [i for i, m in enumerate(extra_meta) if m["session"] == session]
         day = days[session].day
-
-        def raw(indices=indices, day=day):
-            return raw_batches(data, indices, batch_size, day, loaded.device)
-
-        if tta.enabled:
-            def transform(batches, whitener):
-                return smoothed(whiten_batches(batches, whitener), augmenter)
-
-            with adapted_to_session(model, raw, transform, day, tta, word_decoder) as (batches, report):
-                rows += decode_split(model, batches(), ctx, word_decoder, amp, search=search,
-                                     keep_log_probs=keep_log_probs)
-            reports[session] = report
+        if not tta.enabled:
+            rows += decode_split(model, smoothed(raw_batches(data, indices, batch_size, day, loaded.device), augmenter),
+                                 ctx, word_decoder, amp, search=search, keep_log_probs=keep_log_probs)
         else:
-            rows += decode_split(model, smoothed(raw(), augmenter), ctx, word_decoder, amp, search=search,
-                                 keep_log_probs=keep_log_probs)
+            folds = min(tta.self_train_folds, len(indices)) if tta.self_train_rounds > 0 else 1
+            fold_reports = []
+            for k in range(folds):
+                decode = indices[k::folds]
+                adapt = [i for j, i in enumerate(indices) if j % folds != k] if folds > 1 else indices
+
+                def raw(adapt=adapt, day=day, extra=extra):
+                    yield from raw_batches(data, adapt, batch_size, day, loaded.device)
+                    if extra:
+                        yield from raw_batches(adapt_also, extra, batch_size, day, loaded.device)
+
+                with adapted_to_session(model, raw, transform, day, tta, word_decoder) as (prepare, report):
+                    batches = prepare(raw_batches(data, decode, batch_size, day, loaded.device))
+                    rows += decode_split(model, batches, ctx, word_decoder, amp, search=search,
+                                         keep_log_probs=keep_log_probs)
+                fold_reports.append({**report, "adapted_on": len(adapt) + len(extra), "decoded": len(decode)})
+            reports[session] = fold_reports[0] if folds == 1 else {"folds": fold_reports}
         if log is not None:
             log(f"{session}: {len(indices)} trials, {days[session].note}"
                 + (f", TTA {reports[session]}" if session in reports else ""))

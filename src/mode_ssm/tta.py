@@ -54,18 +54,20 @@ class TTAConfig:
     """``configs/evaluate.yaml`` ``tta:`` section."""
 
     enabled: bool = False
-    whiten: bool = True  # EMA feature whitening of the session's inputs
+    whiten: bool = False  # EMA feature whitening of the session's inputs
     ema_momentum: float = 0.95  # weight of the running statistics at each trial (~20-trial memory)
     eps: float = 1e-2  # variance floor of the whitening: damps near-dead channels
-    steps: int = 20  # entropy-minimisation optimizer steps per session (0: whitening only)
+    steps: int = 30  # entropy-minimisation optimizer steps per session (0: whitening only)
     lr: float = 1e-3
     params: tuple[str, ...] = ("day_layer",)  # any of PARAM_GROUPS
     temperature: float = 1.0  # softmax temperature of the entropy
     skip_blank_frames: bool = True  # entropy only over frames whose argmax is not blank
+    diversity: float = 1.0  # weight of the mean non-blank distribution's entropy, maximised (0: plain entropy)
     self_train_rounds: int = 0  # rounds of LM-transcript self-training per session (0: off)
-    self_train_steps: int = 20  # CTC optimizer steps per round
-    self_train_lr: float = 3e-3
-    max_disagreement: float = 0.5  # PER between greedy phonemes and the LM transcript above which a trial is left out
+    self_train_steps: int = 10  # CTC optimizer steps per round
+    self_train_lr: float = 1e-3
+    max_disagreement: float = 0.35  # PER between greedy phonemes and the LM transcript above which a trial is left out
+    self_train_folds: int = 2  # cross-fitting: each fold is decoded by a model self-trained on the other folds
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> "TTAConfig":
@@ -88,6 +90,8 @@ class TTAConfig:
         if (cfg.steps > 0 or cfg.self_train_rounds > 0) and not cfg.params:
             raise ValueError("tta.steps or tta.self_train_rounds > 0 but tta.params is empty: "
                              "name what may adapt, e.g. [day_layer]")
+        if cfg.self_train_folds < 1:
+            raise ValueError(f"tta.self_train_folds must be >= 1, got {cfg.self_train_folds}")
         if cfg.self_train_rounds < 0 or cfg.self_train_steps < 0 or cfg.self_train_lr < 0 or cfg.max_disagreement < 0:
             raise ValueError("tta.self_train_rounds, self_train_steps, self_train_lr and max_disagreement must be >= 0")
         return cfg
@@ -199,11 +203,15 @@ def ctc_entropy(
     temperature: float = 1.0,
     skip_blank_frames: bool = True,
     blank: int = 0,
+    diversity: float = 0.0,
 ) -> torch.Tensor | None:
     """Mean per-frame entropy (nats) of softmax(logits / temperature) over valid frames.
 
     logits (B, T, V), lengths (B,) -> scalar; None when no frame qualifies
-    (e.g. every frame is blank and ``skip_blank_frames``).
+    (e.g. every frame is blank and ``skip_blank_frames``). ``diversity`` > 0
+    subtracts that multiple of the entropy of the frames' mean distribution over
+    the non-blank classes (information maximisation, as in SHOT, Liang et al.
+    2020): confident frames, but not all on the same few phonemes.
     """
     log_p = F.log_softmax(logits.float() / temperature, dim=-1)
     entropy = -(log_p.exp() * log_p).sum(-1)  # (B, T)
@@ -212,7 +220,12 @@ def ctc_entropy(
         keep = keep & (logits.argmax(-1) != blank)
     if not bool(keep.any()):
         return None
-    return entropy[keep].mean()
+    loss = entropy[keep].mean()
+    if diversity > 0:
+        non_blank = torch.cat([log_p[..., :blank], log_p[..., blank + 1 :]], dim=-1)[keep]
+        mean_p = non_blank.softmax(-1).mean(0)
+        loss = loss + diversity * (mean_p * mean_p.clamp_min(1e-12).log()).sum()
+    return loss
 
 
 @dataclass
@@ -243,7 +256,7 @@ def entropy_minimisation(
             for batch in batches():
                 out = model(batch["features"], batch["feature_lengths"], batch["day_index"])
                 loss = ctc_entropy(out["phoneme_logits"], out["out_lengths"], cfg.temperature,
-                                   cfg.skip_blank_frames)
+                                   cfg.skip_blank_frames, diversity=cfg.diversity)
                 if loss is None:
                     continue
                 optimizer.zero_grad(set_to_none=True)
@@ -377,11 +390,15 @@ def adapted_to_session(
     day: int,
     cfg: TTAConfig,
     word_decoder: Any | None = None,
-) -> Iterator[tuple[Callable[[], Iterable[Mapping[str, Any]]], dict[str, Any]]]:
-    """Adapt ``model`` to one session; yields (batches to decode with, a report); restores on exit.
+) -> Iterator[tuple[Callable[[Iterable[Mapping[str, Any]]], Iterable[Mapping[str, Any]]], dict[str, Any]]]:
+    """Adapt ``model`` to one session; yields (prepare, report) and restores the model on exit.
+
+    ``prepare(raw batches)`` gives what the adapted model reads (the session's whitening,
+    then the evaluation transform): decode the adaptation trials themselves, or other
+    trials of the session (the held-out fold of :func:`mode_ssm.inference.decode_trials`).
 
     Args:
-        raw_batches: the session's batches before any input transform (fresh iterator per call).
+        raw_batches: the trials to adapt on, before any input transform (fresh iterator per call).
         transform_batches: (raw batches, whitener or None) -> what the model reads
             (whitening, then the evaluation smoothing).
         day: the day layer the session is decoded with.
@@ -391,8 +408,11 @@ def adapted_to_session(
         raise ValueError("tta.self_train_rounds > 0 needs the lexicon + LM word decoder (decoder=ctc_lm)")
     whitener = fit_whitener(raw_batches(), cfg.ema_momentum, cfg.eps) if cfg.whiten else None
 
+    def prepare(raw: Iterable[Mapping[str, Any]]) -> Iterable[Mapping[str, Any]]:
+        return transform_batches(raw, whitener)
+
     def batches() -> Iterable[Mapping[str, Any]]:
-        return transform_batches(raw_batches(), whitener)
+        return prepare(raw_batches())
 
     adapts = cfg.steps > 0 or cfg.self_train_rounds > 0
     params = adaptable_parameters(model, cfg.params, day) if adapts else []
@@ -404,7 +424,7 @@ def adapted_to_session(
                           n_parameters=r.n_parameters)
         if params and cfg.self_train_rounds > 0:
             report.update(self_training(model, batches, params, cfg, word_decoder))
-        yield batches, report
+        yield prepare, report
 
 
 def whiten_batches(batches: Iterable[Mapping[str, Any]], whitener: FeatureWhitener | None) -> Iterator[dict[str, Any]]:
