@@ -12,7 +12,9 @@
    without TTA ("none") and with it: input whitening only ("whiten"), plain
    entropy minimisation ("entropy"), information maximisation = entropy
    minimisation + diversity, the evaluate.yaml default ("im"), and
-   self-training on the LM's transcripts ("self", slow: ~20 minutes).
+   self-training on the LM's transcripts ("self", slow: ~20 minutes), and,
+   as a ceiling that uses labels, the unseen sessions' day layer fine-tuned with
+   CTC on their train-split trials and true transcripts ("labelled", 60 steps).
    ``--conditions`` picks which. Prints PER/WER for:
    sessions seen in training (no drift relative to their own day layer), near
    unseen sessions (<= 2 months after the last training day) and late unseen
@@ -37,6 +39,7 @@ import os
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 from pathlib import Path
 
 import torch
@@ -84,6 +87,41 @@ def group_of(session: str, day, last_train: str) -> str:
     return "near unseen" if days_since(session, last_train) <= NEAR_DAYS else "late unseen"
 
 
+def decode_with_labelled_recalibration(loaded, split, adapt_split, word_decoder, steps: int = 60, lr: float = 3e-3):
+    """Rows for ``split``; unseen sessions first fit their borrowed day layer to ``adapt_split``'s labels."""
+    from mode_ssm.evaluation import decode_split
+    from mode_ssm.inference import raw_batches, session_days, smoothed
+    from mode_ssm.losses import ctc_loss_per_token
+    from mode_ssm.training.distributed import DistContext
+    from mode_ssm.tta import adaptable_parameters, only_trainable, restored
+
+    model, augmenter, ctx = loaded.model, loaded.eval_augmenter(), DistContext(device=loaded.device)
+    days = session_days(loaded, split.sessions)
+    meta, adapt_meta = split.trial_metadata(), adapt_split.trial_metadata() if adapt_split is not None else []
+    rows = []
+    for session in split.sessions:
+        day = days[session].day
+        batches = lambda data, idx: smoothed(raw_batches(data, idx, 16, day, loaded.device), augmenter)  # noqa: E731
+        labelled = [i for i, m in enumerate(adapt_meta) if m["session"] == session]
+        params = adaptable_parameters(model, ["day_layer"], day) if labelled else []
+        with restored(params):
+            if labelled:
+                train = list(batches(adapt_split, labelled))
+                optimizer = torch.optim.Adam(params, lr=lr)
+                with only_trainable(model, params), torch.enable_grad():
+                    for step in range(steps):
+                        b = train[step % len(train)]
+                        out = model(b["features"], b["feature_lengths"], b["day_index"])
+                        loss = ctc_loss_per_token(out["phoneme_logits"], out["out_lengths"], b["phoneme_ids"],
+                                                  b["phoneme_lengths"])
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        optimizer.step()
+            rows += decode_split(model, batches(split, [i for i, m in enumerate(meta) if m["session"] == session]),
+                                 ctx, word_decoder)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=Path, default=Path("/tmp/mode_ssm_tta_drift"))
@@ -93,7 +131,7 @@ def main() -> None:
     p.add_argument("--train-minutes", type=float, default=20.0, help="training stops here if the epochs take longer")
     p.add_argument("--tta", nargs="*", default=[], help="overrides of configs/evaluate.yaml's tta, e.g. steps=20")
     p.add_argument("--conditions", nargs="*", default=["none", "whiten", "entropy", "im"],
-                   help="any of none whiten entropy im self")
+                   help="any of none whiten entropy im self labelled")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default ROOT/tta_drift.json)")
     p.add_argument("--adapt-val-only", action="store_true",
                    help="unseen sessions adapt on their val trials only, not also on their train-split trials")
@@ -102,7 +140,7 @@ def main() -> None:
 
     from mode_ssm.data.t15 import T15Split
     from mode_ssm.evaluation import summarize
-    from mode_ssm.inference import WordDecoding, decode_trials, load_model, make_search, open_split
+    from mode_ssm.inference import WordDecoding, decode_trials, load_model, make_search, open_split, session_days
     from mode_ssm.tta import TTAConfig, tta_settings
 
     data = simulate(args.root)
@@ -131,13 +169,18 @@ def main() -> None:
     print(f"model trained on {list(loaded.day_index.sessions)}; "
           f"val: {len(split)} trials in {len(split.sessions)} sessions")
     for name in args.conditions:
-        print(f"TTA {name}: {tta_cfgs[name].to_dict()}")
+        print(f"TTA {name}: {tta_cfgs[name].to_dict() if name in tta_cfgs else 'labelled recalibration'}")
 
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name in args.conditions:
         started = time.perf_counter()
-        res = decode_trials(loaded, split, word_decoder=word_decoder, tta=tta_cfgs[name], batch_size=16,
-                            adapt_also=adapt_also)
+        if name == "labelled":
+            rows = decode_with_labelled_recalibration(loaded, split, adapt_also, word_decoder)
+            res = SimpleNamespace(rows=rows, days=session_days(loaded, split.sessions), real_time_factor=float("nan"),
+                                  neural_seconds=float("nan"))
+        else:
+            res = decode_trials(loaded, split, word_decoder=word_decoder, tta=tta_cfgs.get(name), batch_size=16,
+                                adapt_also=adapt_also)
         groups: dict[str, list] = {}
         for r in res.rows:
             groups.setdefault(group_of(r["session"], res.days[r["session"]], last_train), []).append(r)
@@ -163,7 +206,7 @@ def main() -> None:
             cells.append(f"{100 * r['per']:6.1f} ({rel('per'):+5.1f}%) {100 * r['wer']:6.1f} ({rel('wer'):+5.1f}%)")
         print(f"{name:10s}" + "".join(f"{c:>34s}" for c in cells))
     out = args.out or args.root / "tta_drift.json"
-    summary = {"checkpoint": str(ckpt), "tta": {k: tta_cfgs[k].to_dict() for k in args.conditions},
+    summary = {"checkpoint": str(ckpt), "tta": {k: tta_cfgs[k].to_dict() for k in args.conditions if k in tta_cfgs},
                "adapt_also_train_trials": 0 if adapt_also is None else len(adapt_also), "results": results}
     out.write_text(json.dumps(summary, indent=2))
     print(f"\nwritten to {out}")

@@ -7,8 +7,9 @@ Per checkpoint (one CPU thread), on the val split:
   - WER of greedy phonemes + lexicon (each boundary-separated chunk -> nearest word, no LM);
   - WER of the lexicon + n-gram beam search (the checkpoint's training LM: 3-gram by default);
   - on the ``--late`` last sessions: WER of the n-gram search without and with test-time
-    adaptation (configs/evaluate.yaml's tta settings: information maximisation on the day layer;
-    ``--tta`` overrides, e.g. ``self_train_rounds=3 steps=0`` for self-training instead);
+    adaptation (configs/evaluate.yaml's tta settings: information maximisation on the day layer,
+    here with ``sessions=all`` since these models trained on the late sessions; ``--tta``
+    overrides, e.g. ``self_train_rounds=3 steps=0`` for self-training instead);
   - ms per sentence of the n-gram beam search alone (re-run over stored log-probabilities);
   - for models with a flow bridge, PER and WER with the bridge switched on;
   - for models with a mode head, mode accuracy against the simulator's truth, per trial and per
@@ -68,7 +69,7 @@ def evaluate(ckpt: Path, data_root: Path | None, n_late: int, tta_overrides: lis
     sl = summarize(late_rows)
     out.update(late_wer_lm=sl["wer"], late_per=sl["per"])
     tta = TTAConfig.from_mapping(tta_settings(REPO / "configs" / "evaluate.yaml", tta_overrides,
-                                              {"enabled": True}))
+                                              {"enabled": True, "sessions": "all"}))
     late_split = T15Split(root, "val", day_index=loaded.day_index, validate="metadata",
                           num_channels=loaded.num_channels, sessions=late)
     started = time.perf_counter()

@@ -81,6 +81,8 @@ def test_config_rejects_unknown_options():
         TTAConfig.from_mapping({"params": ["encoder"]})
     with pytest.raises(ValueError, match="ema_momentum"):
         TTAConfig.from_mapping({"ema_momentum": 1.0})
+    with pytest.raises(ValueError, match="tta.sessions"):
+        TTAConfig.from_mapping({"sessions": "seen"})
 
 
 def test_tta_settings_layer_the_file_defaults_and_overrides(tmp_path):
@@ -150,10 +152,15 @@ def test_decode_trials_with_tta_leaves_the_model_as_loaded(tiny_data_root):
                          tiny_data_root / "none.pt", tiny_data_root, torch.device("cpu"))
     data = open_split(loaded, tiny_data_root, "val")
     plain = decode_trials(loaded, data, batch_size=4)
-    tta = decode_trials(loaded, data, batch_size=4, tta=TTAConfig(enabled=True, steps=2, lr=0.01))
+    tta = decode_trials(loaded, data, batch_size=4, tta=TTAConfig(enabled=True, sessions="all", steps=2, lr=0.01))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert [r["source"] for r in tta.rows] == [m["source"] for m in data.trial_metadata()]  # file order
     assert set(tta.tta) == set(data.sessions) and all(r["steps"] == 2 for r in tta.tta.values())
+    # by default only the sessions decoded with a borrowed day layer adapt; the others decode as without TTA
+    unseen_only = decode_trials(loaded, data, batch_size=4, tta=TTAConfig(enabled=True, steps=2, lr=0.01))
+    assert set(unseen_only.tta) == {"t15.2023.08.20", "t15.2023.08.25"}
+    seen_rows = lambda res: [r for r in res.rows if r["session"] in day_index.sessions]  # noqa: E731
+    assert [r["ctc_loss"] for r in seen_rows(unseen_only)] == [r["ctc_loss"] for r in seen_rows(plain)]
     assert {s for s, d in tta.days.items() if not d.exact} == {"t15.2023.08.20", "t15.2023.08.25"}
     assert tta.days["t15.2023.08.25"].day == 1  # nearest earlier known session
     again = decode_trials(loaded, data, batch_size=4)
@@ -201,7 +208,7 @@ def test_decode_trials_cross_fits_self_training_and_adapts_on_extra_trials(tiny_
     val, train = open_split(loaded, tiny_data_root, "val"), open_split(loaded, tiny_data_root, "train")
     per_session = lambda split: {s: sum(m["session"] == s for m in split.trial_metadata()) for s in split.sessions}  # noqa: E731
     n_val, n_train = per_session(val), per_session(train)
-    cfg = TTAConfig(enabled=True, whiten=False, steps=0, self_train_rounds=1, self_train_steps=2,
+    cfg = TTAConfig(enabled=True, sessions="all", whiten=False, steps=0, self_train_rounds=1, self_train_steps=2,
                     max_disagreement=100.0, self_train_folds=2)
     res = decode_trials(loaded, val, word_decoder=FixedTranscripts(["aa bb"] * 4), tta=cfg, batch_size=4,
                         adapt_also=train)

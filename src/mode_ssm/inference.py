@@ -332,7 +332,8 @@ def decode_trials(
 ) -> DecodeResult:
     """Decode every trial of ``data`` session by session (with TTA per session if enabled).
 
-    With TTA, each session adapts on its own trials plus, if ``adapt_also`` is given, that
+    With TTA, each session that ``tta.sessions`` selects (by default those the model has no day
+    layer of its own for) adapts on its own trials plus, if ``adapt_also`` is given, that
     split's trials of the same session (unlabelled data recorded that day; labels are never
     read). Self-training is cross-fitted: the session's trials are dealt into
     ``tta.self_train_folds`` interleaved folds and each fold is decoded by the model adapted
@@ -356,7 +357,7 @@ def decode_trials(
         indices = [i for i, m in enumerate(meta) if m["session"] == session]  # recording order
         extra = [i for i, m in enumerate(extra_meta) if m["session"] == session]
         day = days[session].day
-        if not tta.enabled:
+        if not tta.enabled or (tta.sessions == "unseen" and days[session].exact):
             rows += decode_split(model, smoothed(raw_batches(data, indices, batch_size, day, loaded.device), augmenter),
                                  ctx, word_decoder, amp, search=search, keep_log_probs=keep_log_probs)
         else:

@@ -47,6 +47,7 @@ from mode_ssm.data.t15 import count_adjacent_repeats
 from mode_ssm.losses import ctc_loss_per_token
 
 PARAM_GROUPS = ("day_layer", "day_bias", "gates", "norms")
+TTA_SESSIONS = ("unseen", "all")
 
 
 @dataclass
@@ -54,6 +55,7 @@ class TTAConfig:
     """``configs/evaluate.yaml`` ``tta:`` section."""
 
     enabled: bool = False
+    sessions: str = "unseen"  # which sessions adapt: "unseen" (decoded with a borrowed day layer) or "all"
     whiten: bool = False  # EMA feature whitening of the session's inputs
     ema_momentum: float = 0.95  # weight of the running statistics at each trial (~20-trial memory)
     eps: float = 1e-2  # variance floor of the whitening: damps near-dead channels
@@ -82,6 +84,8 @@ class TTAConfig:
         bad = [p for p in cfg.params if p not in PARAM_GROUPS]
         if bad:
             raise ValueError(f"tta.params {bad} unknown; choose from {list(PARAM_GROUPS)}")
+        if cfg.sessions not in TTA_SESSIONS:
+            raise ValueError(f"tta.sessions must be one of {list(TTA_SESSIONS)}, got {cfg.sessions!r}")
         if not 0.0 <= cfg.ema_momentum < 1.0:
             raise ValueError(f"tta.ema_momentum must be in [0, 1), got {cfg.ema_momentum}")
         if cfg.steps < 0 or cfg.lr < 0 or cfg.temperature <= 0:
