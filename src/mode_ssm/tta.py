@@ -1,30 +1,35 @@
 """Test-time adaptation against neural drift, one session at a time, without labels.
 
-Up to three steps per session, all without labels:
+By default only sessions decoded with a borrowed day layer adapt (``sessions``:
+"unseen"); a session with its own trained layer has no day-to-day drift to undo,
+and adapting it cost WER on ``bench`` (README). Up to three steps per session:
 
-1. **Feature whitening**: an exponential moving average of the session's
-   per-channel mean and variance over its trials (valid bins only) re-
-   standardises the inputs, ``x' = (x - mean) / sqrt(var + eps)``. The release
-   already z-scores features over the preceding 20 trials, so on an undrifted
-   session this is close to the identity; what it removes is a session-wide
-   offset or gain the day layer it borrows was not fitted to.
-2. **Entropy minimisation** of the CTC posteriors (as in Tent, Wang et al.
-   2021, and SUTA, Lin et al. 2022, for speech): a few Adam steps on the mean
-   per-frame entropy, updating only the parameters named in ``params`` (the
-   session's day layer, channel gates, normalisation layers), never the
+1. **Feature whitening** (off by default): an exponential moving average of the
+   session's per-channel mean and variance over its trials (valid bins only)
+   re-standardises the inputs, ``x' = (x - mean) / sqrt(var + eps)``. The
+   release already z-scores features per block, so this is close to the
+   identity; it only removes a session-wide offset or gain.
+2. **Information maximisation** of the CTC posteriors (the default; entropy
+   minimisation as in Tent, Wang et al. 2021, and SUTA, Lin et al. 2022, plus
+   the diversity term of SHOT, Liang et al. 2020): a few Adam steps on the mean
+   per-frame entropy minus ``diversity`` x the entropy of the frames' mean
+   non-blank distribution, updating only the parameters named in ``params``
+   (the session's day layer, channel gates, normalisation layers), never the
    encoder or heads. Frames whose best class is blank are left out by default:
    CTC posteriors are mostly blank, and sharpening those only teaches the model
-   to delete phonemes.
-3. **Self-training on language-model transcripts** (as continual online
-   recalibration does for intracortical speech decoders): decode the session
-   with the lexicon + n-gram beam search, turn each sentence back into
-   phonemes with the lexicon, keep the trials whose greedy CTC phonemes
-   disagree with that transcript by at most ``max_disagreement`` (a
-   confidence filter: the LM's correction is trusted where the network
-   already nearly agreed), and take CTC steps towards those pseudo-targets on
-   the same parameters. ``self_train_rounds`` repeats decode -> train, each
-   round with better transcripts. The LM carries knowledge that the drifted
-   network lacks, which entropy minimisation cannot bring in.
+   to delete phonemes; the diversity term keeps the confident frames from
+   collapsing onto a few phonemes.
+3. **Self-training on language-model transcripts** (off by default; as
+   continual online recalibration does for intracortical speech decoders):
+   decode the session with the lexicon + n-gram beam search, turn each sentence
+   back into phonemes with the lexicon, keep the trials whose greedy CTC
+   phonemes disagree with that transcript by at most ``max_disagreement``, and
+   take CTC steps towards those pseudo-targets on the same parameters;
+   ``self_train_rounds`` repeats decode -> train. It needs transcripts much
+   better than the network's own phonemes; at ~50% WER it does not help
+   (README). :func:`mode_ssm.inference.decode_trials` cross-fits it over
+   ``self_train_folds`` folds so no trial is decoded by a model fitted to its
+   own pseudo-label.
 
 :func:`adapted_to_session` restores every parameter it touched when the
 ``with`` block ends, so sessions never leak into one another.
