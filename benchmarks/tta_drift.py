@@ -91,9 +91,8 @@ def decode_with_labelled_recalibration(loaded, split, adapt_split, word_decoder,
     """Rows for ``split``; unseen sessions first fit their borrowed day layer to ``adapt_split``'s labels."""
     from mode_ssm.evaluation import decode_split
     from mode_ssm.inference import raw_batches, session_days, smoothed
-    from mode_ssm.losses import ctc_loss_per_token
     from mode_ssm.training.distributed import DistContext
-    from mode_ssm.tta import adaptable_parameters, only_trainable, restored
+    from mode_ssm.tta import adaptable_parameters, ctc_steps, restored
 
     model, augmenter, ctx = loaded.model, loaded.eval_augmenter(), DistContext(device=loaded.device)
     days = session_days(loaded, split.sessions)
@@ -106,17 +105,9 @@ def decode_with_labelled_recalibration(loaded, split, adapt_split, word_decoder,
         params = adaptable_parameters(model, ["day_layer"], day) if labelled else []
         with restored(params):
             if labelled:
-                train = list(batches(adapt_split, labelled))
-                optimizer = torch.optim.Adam(params, lr=lr)
-                with only_trainable(model, params), torch.enable_grad():
-                    for step in range(steps):
-                        b = train[step % len(train)]
-                        out = model(b["features"], b["feature_lengths"], b["day_index"])
-                        loss = ctc_loss_per_token(out["phoneme_logits"], out["out_lengths"], b["phoneme_ids"],
-                                                  b["phoneme_lengths"])
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        optimizer.step()
+                train = [{**b, "targets": b["phoneme_ids"], "target_lengths": b["phoneme_lengths"]}
+                         for b in batches(adapt_split, labelled)]
+                ctc_steps(model, train, params, torch.optim.Adam(params, lr=lr), steps)
             rows += decode_split(model, batches(split, [i for i, m in enumerate(meta) if m["session"] == session]),
                                  ctx, word_decoder)
     return rows

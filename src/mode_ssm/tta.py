@@ -342,6 +342,28 @@ def lm_pseudo_labels(
     return kept, seen
 
 
+def ctc_steps(
+    model: nn.Module,
+    batches: list[Mapping[str, Any]],
+    params: list[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+) -> list[float]:
+    """``steps`` optimizer steps of CTC loss on ``params`` only, cycling over ``batches``
+    (each with ``targets`` (B, U) and ``target_lengths`` (B,)); returns the loss of each step."""
+    losses = []
+    with only_trainable(model, params), torch.enable_grad():
+        for step in range(steps):
+            b = batches[step % len(batches)]
+            out = model(b["features"], b["feature_lengths"], b["day_index"])
+            loss = ctc_loss_per_token(out["phoneme_logits"], out["out_lengths"], b["targets"], b["target_lengths"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    return losses
+
+
 def self_training(
     model: nn.Module,
     batches: Callable[[], Iterable[Mapping[str, Any]]],
@@ -363,16 +385,7 @@ def self_training(
         rounds.append(report)
         if not labelled:
             break
-        losses = []
-        with only_trainable(model, params), torch.enable_grad():
-            for step in range(cfg.self_train_steps):
-                b = labelled[step % len(labelled)]
-                out = model(b["features"], b["feature_lengths"], b["day_index"])
-                loss = ctc_loss_per_token(out["phoneme_logits"], out["out_lengths"], b["targets"], b["target_lengths"])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
+        losses = ctc_steps(model, labelled, params, optimizer, cfg.self_train_steps)
         if losses:
             report.update(loss_first=losses[0], loss_last=losses[-1])
     return {"self_training": rounds}
@@ -446,6 +459,6 @@ def whiten_batches(batches: Iterable[Mapping[str, Any]], whitener: FeatureWhiten
 
 __all__ = [
     "AdaptationReport", "FeatureWhitener", "PARAM_GROUPS", "TTAConfig", "adaptable_parameters",
-    "adapted_to_session", "ctc_entropy", "entropy_minimisation", "fit_whitener", "lm_pseudo_labels",
+    "adapted_to_session", "ctc_entropy", "ctc_steps", "entropy_minimisation", "fit_whitener", "lm_pseudo_labels",
     "only_trainable", "restored", "self_training", "tta_settings", "whiten_batches",
 ]
