@@ -57,7 +57,7 @@ def train(name: str, overrides: list[str], args, out_dir: Path) -> dict:
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    from mode_ssm.training.checkpoint import load_checkpoint
+    from mode_ssm.runtime.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     history = ckpt["position"]["history"]

@@ -11,7 +11,7 @@
 3. Decodes the val trials of every session with the lexicon + 3-gram decoder,
    without TTA ("none") and with it: input whitening only ("whiten"), plain
    entropy minimisation ("entropy"), information maximisation = entropy
-   minimisation + diversity, the evaluate.yaml default ("im"), and
+   minimisation + diversity, the configs/tta/default.yaml default ("im"), and
    self-training on the LM's transcripts ("self", slow: ~20 minutes), and,
    as a ceiling that uses labels, the unseen sessions' day layer fine-tuned with
    CTC on their train-split trials and true transcripts ("labelled", 60 steps).
@@ -25,7 +25,7 @@
    (``tta.self_train_folds``): a trial is never decoded by a model fitted to its
    own pseudo-label.
 
-TTA settings default to ``configs/evaluate.yaml``'s ``tta`` section; ``--tta
+TTA settings default to ``configs/tta/default.yaml``; ``--tta
 steps=20 lr=0.003`` overrides them. Numbers depend on how far the small model
 trained: with a few CPU minutes it is weak, so read the relative changes, and
 the absolute WER, with that in mind.
@@ -80,7 +80,7 @@ def train(data: Path, run_dir: Path, sessions: int, minutes: float, epochs: int)
 
 
 def group_of(session: str, day, last_train: str) -> str:
-    from mode_ssm.reports import days_since
+    from mode_ssm.evaluation.reports import days_since
 
     if day.exact:
         return "seen"
@@ -89,10 +89,10 @@ def group_of(session: str, day, last_train: str) -> str:
 
 def decode_with_labelled_recalibration(loaded, split, adapt_split, word_decoder, steps: int = 60, lr: float = 3e-3):
     """Rows for ``split``; unseen sessions first fit their borrowed day layer to ``adapt_split``'s labels."""
-    from mode_ssm.evaluation import decode_split
-    from mode_ssm.inference import raw_batches, session_days, smoothed
-    from mode_ssm.training.distributed import DistContext
-    from mode_ssm.tta import adaptable_parameters, ctc_steps, restored
+    from mode_ssm.runtime.decode import decode_split
+    from mode_ssm.evaluation.pipeline import raw_batches, session_days, smoothed
+    from mode_ssm.runtime.distributed import DistContext
+    from mode_ssm.evaluation.tta import adaptable_parameters, ctc_steps, restored
 
     model, augmenter, ctx = loaded.model, loaded.eval_augmenter(), DistContext(device=loaded.device)
     days = session_days(loaded, split.sessions)
@@ -120,7 +120,7 @@ def main() -> None:
     p.add_argument("--train-sessions", type=int, default=8)
     p.add_argument("--train-epochs", type=int, default=14)
     p.add_argument("--train-minutes", type=float, default=20.0, help="training stops here if the epochs take longer")
-    p.add_argument("--tta", nargs="*", default=[], help="overrides of configs/evaluate.yaml's tta, e.g. steps=20")
+    p.add_argument("--tta", nargs="*", default=[], help="overrides of configs/tta/default.yaml, e.g. steps=20")
     p.add_argument("--conditions", nargs="*", default=["none", "whiten", "entropy", "im"],
                    help="any of none whiten entropy im self labelled")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default ROOT/tta_drift.json)")
@@ -130,14 +130,14 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from mode_ssm.data.t15 import T15Split
-    from mode_ssm.evaluation import summarize
-    from mode_ssm.inference import WordDecoding, decode_trials, load_model, make_search, open_split, session_days
-    from mode_ssm.tta import TTAConfig, tta_settings
+    from mode_ssm.metrics import summarize
+    from mode_ssm.evaluation.pipeline import WordDecoding, decode_trials, load_model, make_search, open_split, session_days
+    from mode_ssm.evaluation.tta import TTAConfig, tta_settings
 
     data = simulate(args.root)
     ckpt = args.checkpoint or train(data, args.root / "run", args.train_sessions, args.train_minutes,
                                     args.train_epochs)
-    base = tta_settings(REPO / "configs" / "evaluate.yaml", args.tta)
+    base = tta_settings(REPO / "configs" / "tta" / "default.yaml", args.tta)
     tta_cfgs = {
         "none": TTAConfig.from_mapping({**base, "enabled": False}),
         "whiten": TTAConfig.from_mapping({**base, "enabled": True, "whiten": True, "steps": 0,

@@ -7,7 +7,7 @@ Per checkpoint (one CPU thread), on the val split:
   - WER of greedy phonemes + lexicon (each boundary-separated chunk -> nearest word, no LM);
   - WER of the lexicon + n-gram beam search (the checkpoint's training LM: 3-gram by default);
   - on the ``--late`` last sessions: WER of the n-gram search without and with test-time
-    adaptation (configs/evaluate.yaml's tta settings: information maximisation on the day layer,
+    adaptation (configs/tta/default.yaml's settings: information maximisation on the day layer,
     here with ``sessions=all`` since these models trained on the late sessions; ``--tta``
     overrides, e.g. ``self_train_rounds=3 steps=0`` for self-training instead);
   - ms per sentence of the n-gram beam search alone (re-run over stored log-probabilities);
@@ -36,9 +36,9 @@ def pct(x: float | None) -> str:
 
 def evaluate(ckpt: Path, data_root: Path | None, n_late: int, tta_overrides: list[str]) -> dict:
     from mode_ssm.data.t15 import T15Split
-    from mode_ssm.evaluation import summarize
-    from mode_ssm.inference import WordDecoding, decode_trials, load_model, make_search, open_split
-    from mode_ssm.tta import TTAConfig, tta_settings
+    from mode_ssm.metrics import summarize
+    from mode_ssm.evaluation.pipeline import WordDecoding, decode_trials, load_model, make_search, open_split
+    from mode_ssm.evaluation.tta import TTAConfig, tta_settings
 
     loaded = load_model(ckpt)
     root = data_root or loaded.trained_data_root
@@ -68,7 +68,7 @@ def evaluate(ckpt: Path, data_root: Path | None, n_late: int, tta_overrides: lis
     out["late_sessions"] = late
     sl = summarize(late_rows)
     out.update(late_wer_lm=sl["wer"], late_per=sl["per"])
-    tta = TTAConfig.from_mapping(tta_settings(REPO / "configs" / "evaluate.yaml", tta_overrides,
+    tta = TTAConfig.from_mapping(tta_settings(REPO / "configs" / "tta" / "default.yaml", tta_overrides,
                                               {"enabled": True, "sessions": "all"}))
     late_split = T15Split(root, "val", day_index=loaded.day_index, validate="metadata",
                           num_channels=loaded.num_channels, sessions=late)

@@ -1,7 +1,7 @@
 """Evaluate a checkpoint: `python scripts/evaluate.py checkpoint=PATH split=val|test key=value ...`.
 
 Config: configs/evaluate.yaml. Paths are relative to where the command is typed.
-The work is in mode_ssm.reports.run_evaluation.
+The work is in mode_ssm.evaluation.reports.run_evaluation.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from hydra.utils import get_original_cwd
 from omegaconf import DictConfig
 
 from mode_ssm.data.t15 import T15DataError
-from mode_ssm.reports import run_evaluation
-from mode_ssm.training.checkpoint import CheckpointError
+from mode_ssm.evaluation.evaluate import run_evaluation
+from mode_ssm.runtime.checkpoint import CheckpointError
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 

@@ -1,7 +1,7 @@
 """Write a competition submission: `python scripts/make_submission.py checkpoint=PATH data.data_root=DIR output=FILE`.
 
 Config: configs/make_submission.yaml; `validate_only=true` checks an existing file
-against the test files instead. The work is in mode_ssm.submission.
+against the test files instead. The work is in mode_ssm.evaluation.submission.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from hydra.utils import get_original_cwd
 from omegaconf import DictConfig
 
 from mode_ssm.data.t15 import T15DataError
-from mode_ssm.submission import make_submission
-from mode_ssm.training.checkpoint import CheckpointError
+from mode_ssm.evaluation.submission import make_submission
+from mode_ssm.runtime.checkpoint import CheckpointError
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 

@@ -17,8 +17,8 @@ from hydra.utils import get_original_cwd
 from omegaconf import DictConfig
 
 from mode_ssm.data.t15 import T15DataError
-from mode_ssm.training.checkpoint import CheckpointError
-from mode_ssm.training.trainer import TrainingAborted, train
+from mode_ssm.runtime.checkpoint import CheckpointError
+from mode_ssm.training.trainer import TrainingAborted, check_config, train
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
@@ -32,6 +32,11 @@ if int(os.environ.get("RANK", "0")) > 0:
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("mode_ssm").setLevel(logging.INFO)
+    try:  # configuration mistakes end here, before any data is read
+        check_config(cfg)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     try:
         train(cfg, run_dir=HydraConfig.get().runtime.output_dir, launch_dir=get_original_cwd())
     except (TrainingAborted, T15DataError, CheckpointError, FileNotFoundError) as e:

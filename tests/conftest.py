@@ -35,3 +35,13 @@ def tiny_checkpoint(tmp_path_factory, tiny_data_root):
     from helpers import trained_checkpoint
 
     return trained_checkpoint(tmp_path_factory, tiny_data_root)
+
+
+SLOW_FIXTURES = {"tiny_checkpoint", "workdir"}  # a training subprocess, or a user's command line
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``slow`` every test that trains or runs a script: ``pytest -m "not slow"`` is the quick loop."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ == "test_train_contract":
+            item.add_marker(pytest.mark.slow)

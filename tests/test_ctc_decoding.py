@@ -90,3 +90,31 @@ def test_token_pruning_keeps_the_answer_on_peaky_posteriors():
     assert len(full) == 3 and full[0].log_prob > full[1].log_prob
     with pytest.raises(ValueError, match=r"\(T, V\)"):
         ctc_prefix_beam_search(log_probs[None])
+
+
+def _brute_force_top_k(log_probs: np.ndarray, k: int, blank: int = 0) -> dict[tuple[int, ...], float]:
+    """Exact sums over the alignments token pruning allows: at frame t a path may emit blank, one of
+    the frame's top-k classes, or stay on the label it emitted at t-1 (staying starts no new label)."""
+    n_frames, n_labels = log_probs.shape
+    top = [set(np.argsort(-log_probs[t])[:k].tolist()) for t in range(n_frames)]
+    totals: dict[tuple[int, ...], float] = defaultdict(float)
+    for path in itertools.product(range(n_labels), repeat=n_frames):
+        if any(v != blank and v not in top[t] and not (t > 0 and path[t - 1] == v) for t, v in enumerate(path)):
+            continue
+        totals[tuple(collapse_ctc(path, blank))] += math.exp(sum(log_probs[t, v] for t, v in enumerate(path)))
+    return {key: math.log(v) for key, v in totals.items()}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_token_pruning_keeps_the_path_that_stays_on_a_label_outside_the_top_k(seed):
+    rng = np.random.default_rng(seed)
+    log_probs = _log_softmax(rng.normal(0, 2.0, size=(6, 4)))
+    exact = _brute_force_top_k(log_probs, k=2)
+    hyps = ctc_prefix_beam_search(log_probs, beam=500, beam_size_token=2)
+    assert {h.ids for h in hyps} == set(exact)
+    for hyp in hyps:
+        assert hyp.log_prob == pytest.approx(exact[hyp.ids], abs=1e-9)
+    # the stay paths carry probability that pruning new labels alone would lose
+    frame_top = [set(np.argsort(-log_probs[t])[:2].tolist()) for t in range(6)]
+    stays = any(v not in frame_top[t] for t in range(1, 6) for v in range(1, 4) if v in frame_top[t - 1])
+    assert stays

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import h5py
@@ -18,6 +19,7 @@ from mode_ssm.data.t15 import (
     T15DataWarning,
     T15Split,
     ctc_min_time_steps,
+    ctc_output_frames,
     dataset_summary,
     find_sessions,
 )
@@ -136,6 +138,7 @@ def test_val_and_test_splits_and_corpus_from_packaged_table(root):
 # -- trial checks -----------------------------------------------------------
 
 # (steps, labels, how to damage it with h5py, expected skip reason or None if kept)
+OFFICIAL_FRAMES = ctc_output_frames  # the official GRU's 14/4 patching: (n - 14) // 4 + 1
 REPEATS = [1, 1, 2, 3, 3, 4, 5, 6, 7, 8]  # 10 labels with 2 adjacent repeats -> 12 CTC frames
 
 
@@ -214,7 +217,7 @@ def damaged_root(tmp_path_factory):
 
 
 def test_each_bad_trial_is_skipped_with_its_reason(damaged_root):
-    ds = T15Split(damaged_root, "train", validate="full")
+    ds = T15Split(damaged_root, "train", validate="full", output_frames=OFFICIAL_FRAMES)
     got = {s.key: s.reason for s in ds.report.skipped}
     want = {f"trial_{i:04d}": reason for i, (_, _, _, reason) in enumerate(CASES) if reason}
     assert got == want
@@ -236,18 +239,98 @@ def test_each_bad_trial_is_skipped_with_its_reason(damaged_root):
 
 
 def test_metadata_validation_skips_content_checks(damaged_root):
-    ds = T15Split(damaged_root, "train", validate="metadata")
+    ds = T15Split(damaged_root, "train", validate="metadata", output_frames=OFFICIAL_FRAMES)
     reasons = set(ds.report.skipped_by_reason)
     assert reasons == {c[3] for c in CASES if c[3]} - METADATA_ONLY_REASONS
     assert ds.report.bytes_read == 0
     assert len(ds) == sum(1 for c in CASES if c[3] is None or c[3] in METADATA_ONLY_REASONS) + 2
 
 
-def test_patch_arguments_change_the_ctc_rule(damaged_root):
-    # stride 1, patch 1: every bin is a frame, so only the 2-bin trial is too short
-    ds = T15Split(damaged_root, "train", validate="metadata", patch_size=1, patch_stride=1)
-    assert "too_few_frames_for_ctc" not in ds.report.skipped_by_reason
+def test_ctc_rule_uses_the_models_own_output_frames(tmp_path):
     assert ctc_min_time_steps(REPEATS) == 58 and ctc_min_time_steps(list(range(1, 11))) == 50
+    rng = np.random.default_rng(21)
+    # REPEATS needs 12 frames; kernel 8 stride 4 gives (n - 8) // 4 + 1
+    steps = [55, 51, 80]  # 14/4: 11, 10, 17 frames; 8/4: 12, 11, 19 frames
+    write_trials(tmp_path / S1 / "data_train.hdf5", [_trial(rng, S1, i, n, REPEATS) for i, n in enumerate(steps)])
+
+    def kernel8_stride4(n: int) -> int:
+        return (n - 8) // 4 + 1
+
+    official = T15Split(tmp_path, "train", validate="metadata", output_frames=OFFICIAL_FRAMES)
+    assert {s.key: s.reason for s in official.report.skipped} == {
+        "trial_0000": "too_few_frames_for_ctc", "trial_0001": "too_few_frames_for_ctc"
+    }  # fmt: skip
+    own = T15Split(tmp_path, "train", validate="metadata", output_frames=kernel8_stride4)
+    assert [ex.n_time_steps for ex in own] == [55, 80]  # the 14/4 rule rejected 55, this model can align it
+    assert [(s.key, s.reason) for s in own.report.skipped] == [("trial_0001", "too_few_frames_for_ctc")]
+    assert "51 bins give 11 frames, 12 needed" in own.report.skipped[0].detail
+    assert own.checks_ctc and own.report.skipped_by_reason == {"too_few_frames_for_ctc": 1}
+    # a model's lambda must not stay on the dataset: it has to pickle for spawned workers
+    assert len(pickle.loads(pickle.dumps(T15Split(tmp_path, "train", output_frames=lambda n: n // 4)))) == 3
+    unchecked = T15Split(tmp_path, "train", validate="full")  # output_frames=None: CTC not judged
+    assert len(unchecked) == 3 and not unchecked.checks_ctc
+    assert "too_few_frames_for_ctc" not in unchecked.report.skipped_by_reason
+
+
+def test_eval_rules_keep_and_flag_trials_that_break_only_training_rules(tmp_path):
+    rng = np.random.default_rng(22)
+    _write_session(tmp_path, S1, n_train=2, seed=1)
+    cases = [  # (steps, labels, damage)
+        (80, None, ""),
+        (2, [5], ""),  # too_short
+        (80, None, "constant_52"),  # dead_channels: 52 of 512 constant, > 10%
+        (80, None, "nan"),  # non_finite
+        (80, None, "label_41"),  # bad_labels: cannot be read as a trial, skipped under both rules
+        (80, None, "float64"),  # bad_features: likewise
+    ]
+    path = tmp_path / S1 / "data_val.hdf5"
+    write_trials(path, [_trial(rng, S1, 10 + i, n, labels, block=3) for i, (n, labels, _) in enumerate(cases)])
+    with h5py.File(path, "r+") as f:
+        for i, (_, _, how) in enumerate(cases):
+            _damage(f[f"trial_{i:04d}"], how)
+    unreadable = {"trial_0004": "bad_labels", "trial_0005": "bad_features"}
+
+    train_rules = T15Split(tmp_path, "val", validate="full")
+    assert len(train_rules) == 1 and train_rules.flags(0) == () and train_rules.report.flagged == []
+    assert {s.key: s.reason for s in train_rules.report.skipped} == {
+        "trial_0001": "too_short", "trial_0002": "dead_channels", "trial_0003": "non_finite", **unreadable
+    }  # fmt: skip
+
+    ds = T15Split(tmp_path, "val", validate="full", rules="eval")
+    assert len(ds) == 4 and len(ds.trial_lengths()) == 4
+    assert {s.key: s.reason for s in ds.report.skipped} == unreadable
+    r = ds.report
+    assert r.flagged_by_reason == {"too_short": 1, "dead_channels": 1, "non_finite": 1}
+    assert (r.total_trials, r.kept_trials, r.skipped_trials, r.flagged_trials) == (6, 4, 2, 3)
+    assert r.per_session[S1].flagged == 3
+    assert [ds.flags(i) for i in range(len(ds))] == [(), ("too_short",), ("dead_channels",), ("non_finite",)]
+    assert [ex.flags for ex in ds] == [ds.flags(i) for i in range(len(ds))]
+    assert [m["flags"] for m in ds.trial_metadata()] == [ds.flags(i) for i in range(len(ds))]
+    assert ds.flagged_indices() == [1, 2, 3]
+    assert [(f.session, f.block_num, f.trial_num, f.key, f.reason) for f in r.flagged] == [
+        (S1, 3, 11, "trial_0001", "too_short"),
+        (S1, 3, 12, "trial_0002", "dead_channels"),
+        (S1, 3, 13, "trial_0003", "non_finite"),
+    ]
+    assert r.flagged[1].detail == "52 of 512 channels constant" and r.flagged[2].detail == "1 NaN/Inf values"
+    assert np.isnan(ds[3].features).sum() == 1 and ds[1].n_time_steps == 2  # values and lengths as in the file
+    summary = r.summary()
+    assert "kept but flagged: 3 (too_short 1, dead_channels 1, non_finite 1)" in summary
+    assert "flagged t15.2023.08.11 block 3 trial 12 (trial_0002) dead_channels" in summary
+    console = Console(record=True, width=200)
+    console.print(r)
+    rendered = console.export_text()
+    assert "kept but flagged: 3 (too_short 1, dead_channels 1, non_finite 1)" in rendered
+    assert "flagged" in rendered.splitlines()[2]  # a column of its own
+
+    # one trial may break two rules: it is flagged once, counted under each reason
+    both = T15Split(tmp_path, "val", validate="full", rules="eval", output_frames=lambda n: (n - 8) // 4 + 1)
+    assert both.flags(1) == ("too_short", "too_few_frames_for_ctc")
+    assert both.report.flagged_trials == 3 and both.report.flagged_by_reason["too_few_frames_for_ctc"] == 1
+    # train data under the training rules is untouched by any of this
+    assert len(T15Split(tmp_path, "train", rules="eval")) == 2
+    with pytest.raises(ValueError, match="rules must be"):
+        T15Split(tmp_path, "val", rules="score")  # type: ignore[arg-type]
 
 
 # -- file checks ------------------------------------------------------------

@@ -13,10 +13,10 @@ import torch
 from helpers import REPO, UNSEEN, run_script
 
 from mode_ssm.data.t15 import T15DataError
-from mode_ssm.evaluation import block_mode_accuracy, summarize
+from mode_ssm.metrics import block_mode_accuracy, summarize
 from mode_ssm.phonemes import ids_to_string
-from mode_ssm.reports import phoneme_confusions, phoneme_ids
-from mode_ssm.training.checkpoint import CheckpointError
+from mode_ssm.evaluation.reports import phoneme_confusions, phoneme_ids
+from mode_ssm.runtime.checkpoint import CheckpointError
 
 
 @pytest.fixture()
@@ -82,7 +82,7 @@ def _compose(name: str, overrides: list[str]):
 
 
 def test_evaluate_test_split_gives_predictions_only(tmp_path, tiny_data_root, tiny_checkpoint):
-    from mode_ssm.reports import run_evaluation
+    from mode_ssm.evaluation.evaluate import run_evaluation
 
     cfg = _compose("evaluate", [f"checkpoint={tiny_checkpoint}", "split=test", f"data.data_root={tiny_data_root}",
                                 f"output_dir={tmp_path / 'ev'}", "decoder=ctc_greedy"])
@@ -95,7 +95,7 @@ def test_evaluate_test_split_gives_predictions_only(tmp_path, tiny_data_root, ti
 
 
 def test_rnnt_decoders_and_tuning_share_the_evaluation_rows(tiny_data_root, tiny_checkpoint, tmp_path):
-    from mode_ssm.inference import (
+    from mode_ssm.evaluation.pipeline import (
         RNNTSettings,
         WordDecoding,
         decode_trials,
@@ -135,7 +135,7 @@ def test_tune_decoder_command_line(workdir):
 
 
 def test_bad_inputs_are_named(tmp_path, tiny_data_root, tiny_checkpoint):
-    from mode_ssm.inference import load_model, open_split
+    from mode_ssm.evaluation.pipeline import load_model, open_split
 
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
@@ -180,7 +180,7 @@ def test_phoneme_confusions_add_up_to_the_edit_distance():
 
 
 def test_evaluate_switches_the_flow_bridge_on_and_off(tmp_path, tiny_data_root, tiny_checkpoint):
-    from mode_ssm.reports import run_evaluation
+    from mode_ssm.evaluation.evaluate import run_evaluation
 
     state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
     weights = [k for k in state["model"] if k.startswith("flow_bridge.") and k.endswith("weight")]

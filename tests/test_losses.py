@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mode_ssm.losses import compute_losses, ctc_loss_per_token, trim_targets
+from mode_ssm.models.losses import compute_losses, ctc_loss_per_token, trim_targets
 from mode_ssm.models.gru_baseline import GRUBaseline, GRUBaselineConfig
 from mode_ssm.models.mode_ssm import ModeSSM, ModeSSMConfig
 from mode_ssm.models.rnnt_loss import rnnt_loss

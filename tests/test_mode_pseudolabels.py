@@ -7,15 +7,8 @@ import math
 import numpy as np
 import torch
 
-from mode_ssm.models.mode import (
-    SILENT,
-    VOCALIZED,
-    ModeHead,
-    fit_gmm2,
-    mode_targets_for_batch,
-    pseudo_label_blocks,
-    rate_features,
-)
+from mode_ssm.data.mode_labels import SILENT, VOCALIZED, fit_gmm2, mode_targets_for_batch, pseudo_label_blocks
+from mode_ssm.models.mode import ModeHead, rate_features
 
 torch.set_num_threads(1)
 

@@ -16,7 +16,7 @@ from mode_ssm.models.frontend import DayInputLayers, Preprocessor, zero_constant
 from mode_ssm.models.gru_baseline import GRUBaseline, GRUBaselineConfig
 from mode_ssm.models.heads import RNNTHead
 from mode_ssm.models.mode_ssm import ModeSSM, ModeSSMConfig
-from mode_ssm.losses import ctc_loss_per_token
+from mode_ssm.models.losses import ctc_loss_per_token
 
 torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mode_ssm.data.t15 import T15Split
-from mode_ssm.submission import (
+from mode_ssm.evaluation.submission import (
     SubmissionError,
     fill_empty,
     manifest_path,

@@ -6,6 +6,7 @@ API key and no terminal (stdin closed), and is read back from its .wandb log.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -16,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mode_ssm.training.checkpoint import load_checkpoint
-from mode_ssm.training.tracking import resolve_mode
+from mode_ssm.runtime.checkpoint import load_checkpoint
+from mode_ssm.runtime.tracking import resolve_mode
 from mode_ssm.training.wandb_records import find_run_logs, read_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -131,7 +132,7 @@ def test_mistyped_key_gets_hydra_error(workdir):
 
 
 def test_resolve_mode_honours_settings_before_probing(tmp_path, monkeypatch):
-    import mode_ssm.training.tracking as tracking
+    import mode_ssm.runtime.tracking as tracking
 
     monkeypatch.setattr(tracking, "_reachable", lambda *a, **k: pytest.fail("must not touch the network"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -160,21 +161,49 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 NO_NOISE = ["augmentation.enabled=false", "model.dropout=0.0", "model.input_dropout=0.0"]
 
 
-def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(workdir):
+def _even_batch_size(root: Path, sessions: int) -> int:
+    """A batch size that splits the train split into an even number of batches: one epoch is then the
+    same optimizer steps on one process accumulating 2 micro-batches as on 2 ranks (no rank pads)."""
+    from mode_ssm.data.batching import LengthBucketSampler
+    from mode_ssm.data.t15 import T15Split
+
+    lengths = T15Split(root, "train", max_sessions=sessions, validate="metadata").trial_lengths()
+    for size in (2, 3, 4, 5, 6):
+        if len(LengthBucketSampler(lengths, size, shuffle=True, seed=0)) % 2 == 0:
+            return size
+    raise AssertionError("no batch size gives an even number of batches")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process_through_the_whole_curriculum(workdir, tiny_data_root):
+    """Every stage of the default curriculum (CTC, joint CTC + RNN-T + mode, mode, flow-bridge denoising)
+    under DDP: the RNN-T joint and the denoising loss run inside the wrapped forward."""
     env = user_env(workdir / "home")
-    common = ["data.data_root=data/hdf5_data_final", "training.max_steps=4", "training.batch_size=2",
-              "training.stages.0.epochs=1", "wandb.enabled=true"] + TINY + NO_NOISE
+    batch = _even_batch_size(tiny_data_root, 2)
+    common = ["data.data_root=data/hdf5_data_final", "data.max_sessions=2", f"training.batch_size={batch}",
+              "training.stages.0.epochs=1", "training.stages.1.epochs=1", "training.stages.2.epochs=1",
+              "training.stages.3.epochs=1", "wandb.enabled=true"] + TINY + NO_NOISE
     run_train(common + ["training.gradient_accumulation_steps=2", "hydra.run.dir=outputs/single"], workdir, env)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", TRAIN]
-    run_train(common + ["training.gradient_accumulation_steps=1", "hydra.run.dir=outputs/ddp"], workdir, env,
-              timeout=300, launcher=torchrun)
+    proc = run_train(common + ["training.gradient_accumulation_steps=1", "hydra.run.dir=outputs/ddp"], workdir, env,
+                     timeout=400, launcher=torchrun)
     single, ddp = workdir / "outputs" / "single", workdir / "outputs" / "ddp"
     assert sorted(p.name for p in (workdir / "outputs").iterdir()) == ["ddp", "single"]  # no stray run dirs
     assert len(find_run_logs(ddp / "wandb")) == 1
     assert sorted(p.name for p in (ddp / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    state = load_checkpoint(ddp / "checkpoints" / "last.pt")
+    assert state["position"]["stage"] == 4
+    assert [h["stage"] for h in state["position"]["history"]] == ["ctc_warmup", "joint_train", "mode_train",
+                                                                "denoise_train"]
+    for name in ("joint_train", "mode_train", "denoise_train"):
+        assert f"{name}: training" in proc.stdout
     a, b = _params(single / "checkpoints" / "last.pt"), _params(ddp / "checkpoints" / "last.pt")
     assert _max_diff(a, b) < 1e-5
-    assert load_checkpoint(ddp / "checkpoints" / "last.pt")["position"]["batch"] == 4  # 4 steps x 1 micro-batch
+    # the stages after CTC warm-up really ran their RNN-T, mode and denoising losses under DDP
+    run = the_run(ddp)
+    for loss in ("train/loss_rnnt", "train/loss_mode", "train/loss_denoise"):
+        values = run.series(loss)
+        assert values and all(math.isfinite(v) for v in values), (loss, values)
 
 
 RESUME_ARGS = ["data.data_root=data/hdf5_data_final", "training.batch_size=2", "training.checkpoint_every_steps=1",
@@ -230,7 +259,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_exactly(workdir):
 
 CRASH_IN_SAVE = """
 import os, signal, sys, runpy
-import mode_ssm.training.checkpoint as ck
+import mode_ssm.runtime.checkpoint as ck
 real_save, calls = ck.torch.save, [0]
 def save(obj, f, *a, **k):
     real_save(obj, f, *a, **k)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mode_ssm.models.build import build_model
-from mode_ssm.tta import (
+from mode_ssm.evaluation.tta import (
     FeatureWhitener, TTAConfig, adaptable_parameters, adapted_to_session, ctc_entropy, tta_settings,
     whiten_batches,
 )
@@ -86,15 +86,15 @@ def test_config_rejects_unknown_options():
 
 
 def test_tta_settings_layer_the_file_defaults_and_overrides(tmp_path):
-    path = tmp_path / "evaluate.yaml"
-    path.write_text("split: val\ntta:\n  enabled: false\n  steps: 20\n  lr: 0.001\n  params: [day_layer]\n")
+    path = tmp_path / "tta.yaml"
+    path.write_text("enabled: false\nsteps: 20\nlr: 0.001\nparams: [day_layer]\n")
     settings = tta_settings(path, ["lr=0.01", "params=[day_bias]"], {"enabled": True, "lr": 0.5, "steps": 0})
     assert settings == {"enabled": True, "steps": 0, "lr": 0.01, "params": ["day_bias"]}
     assert TTAConfig.from_mapping(settings).params == ("day_bias",)
     with pytest.raises(ValueError, match="not key=value"):
         tta_settings(path, ["lr"])
-    (tmp_path / "other.yaml").write_text("split: val\n")
-    with pytest.raises(ValueError, match="no tta section"):
+    (tmp_path / "other.yaml").write_text("- a list\n")
+    with pytest.raises(ValueError, match="not a tta settings file"):
         tta_settings(tmp_path / "other.yaml")
 
 
@@ -141,8 +141,8 @@ def test_parameter_groups():
 
 def test_decode_trials_with_tta_leaves_the_model_as_loaded(tiny_data_root):
     from mode_ssm.data.t15 import DayIndex
-    from mode_ssm.evaluation import summarize
-    from mode_ssm.inference import LoadedModel, decode_trials, open_split
+    from mode_ssm.metrics import summarize
+    from mode_ssm.evaluation.pipeline import LoadedModel, decode_trials, open_split
 
     torch.manual_seed(0)
     day_index = DayIndex(("t15.2023.08.13", "t15.2023.08.18"))  # the later two sessions are unseen
@@ -198,7 +198,7 @@ class ScriptedModel(torch.nn.Module):
 
 def test_decode_trials_cross_fits_self_training_and_adapts_on_extra_trials(tiny_data_root):
     from mode_ssm.data.t15 import DayIndex
-    from mode_ssm.inference import LoadedModel, decode_trials, open_split
+    from mode_ssm.evaluation.pipeline import LoadedModel, decode_trials, open_split
 
     torch.manual_seed(0)
     model = build_model(TINY_MODEL, n_days=1, n_channels=512).eval()
@@ -223,7 +223,7 @@ def test_decode_trials_cross_fits_self_training_and_adapts_on_extra_trials(tiny_
             assert f["self_training"][0]["trials"] == f["adapted_on"]
 
 def test_lm_pseudo_labels_keep_transcripts_the_network_nearly_agrees_with():
-    from mode_ssm.tta import lm_pseudo_labels
+    from mode_ssm.evaluation.tta import lm_pseudo_labels
 
     # "aa bb" is [1, 2, 40, 3, 40] with the boundary (40) after each word
     greedy = [[1, 2, 40, 3, 40], [1, 2, 40, 5, 40], [7, 8, 9, 10, 11], [1, 2, 40]]

@@ -8,6 +8,7 @@ not what the leaderboard reports.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -17,6 +18,7 @@ import numpy as np
 from mode_ssm.text import normalize_sentence
 
 UNKNOWN_MODE = -1
+MODE_NAMES = ("vocalized", "silent")  # class ids 0 and 1, as in mode_ssm.data.t15.SPEAKING_MODES
 
 
 def _check_pairs(references: Sequence[Any], hypotheses: Sequence[Any], what: str) -> None:
@@ -24,12 +26,17 @@ def _check_pairs(references: Sequence[Any], hypotheses: Sequence[Any], what: str
         raise ValueError(f"{what}: {len(references)} references but {len(hypotheses)} hypotheses")
 
 
+def error_rate(n_errors: int, n_ref: int, what: str = "error rate") -> float:
+    """The official aggregate: edit distances summed over trials / reference tokens summed over trials."""
+    if n_ref <= 0:
+        raise ValueError(f"{what}: the references hold no tokens, the error rate is undefined")
+    return n_errors / n_ref
+
+
 def _aggregate(ref_tokens: Sequence[Sequence[Any]], hyp_tokens: Sequence[Sequence[Any]], what: str) -> tuple[float, int, int]:
     n_errors = sum(int(editdistance.eval(list(r), list(h))) for r, h in zip(ref_tokens, hyp_tokens))
     n_ref = sum(len(r) for r in ref_tokens)
-    if n_ref == 0:
-        raise ValueError(f"{what}: the references hold no tokens, the error rate is undefined")
-    return n_errors / n_ref, n_errors, n_ref
+    return error_rate(n_errors, n_ref, what), n_errors, n_ref
 
 
 def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> tuple[float, int, int]:
@@ -121,3 +128,59 @@ def per_trial_errors(references: Sequence[str], hypotheses: Sequence[str]) -> li
         rw, hw = ref.split(), hyp.split()
         out.append(TrialErrors(i, ref, hyp, int(editdistance.eval(rw, hw)), len(rw)))
     return out
+
+
+# --------------------------------------------------------------------------- decoded rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Aggregate metrics of decoded rows (:func:`mode_ssm.runtime.decode.decode_split`), as fractions.
+
+    PER and WER are the official aggregates (errors summed over trials / reference
+    tokens summed over trials) over every labelled row: a trial the model could
+    not align (too few frames for its labels, an infinite CTC loss) still counts
+    with all the errors its hypothesis makes. ``loss`` (CTC per token) covers the
+    alignable trials; ``n_unalignable`` counts the others.
+    """
+    out: dict[str, float | None] = {"n_trials": float(len(rows))}
+    labelled = [r for r in rows if "n_phonemes" in r]
+    n_ph = sum(r["n_phonemes"] for r in labelled)
+    if n_ph:
+        alignable = [r for r in labelled if math.isfinite(r["ctc_loss"])]
+        n_ph_alignable = sum(r["n_phonemes"] for r in alignable)
+        out["loss"] = sum(r["ctc_loss"] for r in alignable) / n_ph_alignable if n_ph_alignable else None
+        out["n_unalignable"] = float(len(labelled) - len(alignable))
+        out["per"] = error_rate(sum(r["phoneme_errors"] for r in labelled), n_ph)
+        out["phoneme_accuracy"] = max(0.0, 1.0 - out["per"])
+    worded = [r for r in rows if "word_errors" in r]
+    n_w = sum(r["n_words"] for r in worded)
+    if n_w:
+        out["wer"] = error_rate(sum(r["word_errors"] for r in worded), n_w)
+    known = [r for r in rows if r["mode_truth"] >= 0 and r["mode_pred"] is not None]
+    out["mode_accuracy"] = float(np.mean([r["mode_pred"] == r["mode_truth"] for r in known])) if known else None
+    out["mode_accuracy_block"] = block_mode_accuracy(known)
+    return out
+
+
+def block_mode_accuracy(rows: list[dict[str, Any]]) -> float | None:
+    """Fraction of blocks whose majority-vote trial prediction equals the block's true mode.
+
+    The mode is constant within a block, so a block is the unit a user would
+    label; a tie counts as wrong. Rows with unknown truth (-1) are ignored.
+    """
+    votes: dict[tuple[str, int], list[int]] = {}
+    truth: dict[tuple[str, int], int] = {}
+    for r in rows:
+        if r["mode_truth"] < 0 or r["mode_pred"] is None:
+            continue
+        key = (r["session"], r["block"])
+        votes.setdefault(key, []).append(int(r["mode_pred"]))
+        truth[key] = int(r["mode_truth"])
+    if not votes:
+        return None
+    correct = 0
+    for key, preds in votes.items():
+        counts = np.bincount(preds, minlength=len(MODE_NAMES))
+        winner = int(counts.argmax())
+        correct += int(counts[winner] * 2 > len(preds) and winner == truth[key])
+    return correct / len(votes)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -214,3 +214,20 @@ class Augmenter:
 
     def __repr__(self) -> str:
         return f"Augmenter({asdict(self.config)})"
+
+
+def smoothed(batches: Iterable[Mapping[str, Any]], augmenter: Augmenter) -> Iterator[dict[str, Any]]:
+    """Batches as a model reads them at evaluation: only ``augmenter``'s input smoothing applied.
+
+    The one evaluation-time batch transform: training's val/wer, evaluation,
+    TTA and submission all pass their batches through it. Non-finite values
+    are zeroed first (:func:`finite_features`).
+    """
+    for batch in batches:
+        feats, lens = augmenter(finite_features(batch["features"]), batch["feature_lengths"], None, False)
+        yield {**batch, "features": feats, "feature_lengths": lens}
+
+
+def finite_features(features: Tensor) -> Tensor:
+    """Evaluation's NaN/Inf policy: non-finite values become 0 (the trial is decoded, and flagged by the reader)."""
+    return torch.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0)

@@ -22,7 +22,8 @@ def collate_trials(examples: Sequence[TrialExample]) -> dict[str, object]:
         day_index: (B,) int64
         day_index_exact: (B,) bool, False where the session was unseen and mapped to an earlier day
         speaking_mode: (B,) int64, 0 vocalized, 1 silent, -1 unknown
-        sessions, block_nums, trial_nums, sentences, corpora, sources: lists of length B
+        sessions, block_nums, trial_nums, sentences, corpora, sources, flags: lists of length B
+        (``flags``: the training rules each trial breaks, kept under the reader's ``rules="eval"``)
     """
     if not examples:
         raise ValueError("collate_trials got an empty list of trials")
@@ -58,6 +59,7 @@ def collate_trials(examples: Sequence[TrialExample]) -> dict[str, object]:
         "sentences": [ex.sentence for ex in examples],
         "corpora": [ex.corpus for ex in examples],
         "sources": [ex.source for ex in examples],
+        "flags": [tuple(ex.flags) for ex in examples],
     }
 
 

@@ -13,7 +13,10 @@ with ``torch.utils.data.DataLoader(num_workers=N)``.
 Two kinds of problems, two outcomes:
 
 - a bad *trial* (NaN, dead channels, too short for CTC, missing fields, ...) is
-  skipped and counted by reason in :class:`ValidationReport`;
+  skipped and counted by reason in :class:`ValidationReport`. With
+  ``rules="eval"`` (val / test scoring) a trial that breaks only the training
+  rules (:data:`TRAINING_RULES`) is kept and counted as *flagged* instead, so a
+  score covers every trial the files hold; only unreadable trials are skipped;
 - a bad *file* (unreadable, truncated, missing, keys with gaps) raises
   :class:`T15DataError`, or with ``on_bad_session="skip"`` drops that session
   with a warning and lets the rest load.
@@ -31,7 +34,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, NamedTuple, Sequence
 
 import h5py
 import numpy as np
@@ -62,16 +65,23 @@ SKIP_REASONS: dict[str, str] = {
     "bad_labels": "a phoneme id within seq_len is outside 1..40",
     "too_short": f"fewer than {MIN_TIME_STEPS} bins (60 ms)",
     "too_long": f"more than {MAX_TIME_STEPS} bins (30 s)",
-    "too_few_frames_for_ctc": "too few frames after patching for CTC to align the labels",
+    "too_few_frames_for_ctc": "the model emits too few frames for CTC to align the labels",
     "non_finite": "NaN or Inf in the features",
     "dead_channels": f"more than {MAX_DEAD_CHANNEL_FRACTION:.0%} of feature channels constant over the trial",
 }
+
+# Rules that only keep training clean: with rules="eval" a trial breaking them is kept and flagged.
+# Every other reason means the trial cannot be read as a trial and is skipped under both rule sets.
+TRAINING_RULES: frozenset[str] = frozenset(
+    {"too_short", "too_long", "too_few_frames_for_ctc", "non_finite", "dead_channels"}
+)
 
 _TRIAL_KEY = re.compile(r"trial_(\d{4,})")
 
 Split = Literal["train", "val", "test"]
 Validate = Literal["full", "metadata", "none"]
 OnBadSession = Literal["error", "skip"]
+Rules = Literal["train", "eval"]
 
 
 class T15DataError(ValueError):
@@ -216,6 +226,19 @@ class SkippedTrial:
 
 
 @dataclass(frozen=True)
+class FlaggedTrial:
+    """A kept trial that breaks a training rule (``rules="eval"``); one entry per rule broken."""
+
+    file: str
+    key: str
+    session: str
+    block_num: int
+    trial_num: int
+    reason: str  # a key of TRAINING_RULES
+    detail: str
+
+
+@dataclass(frozen=True)
 class SkippedSession:
     session: str
     file: str
@@ -226,6 +249,7 @@ class SkippedSession:
 class SessionCounts:
     total: int = 0
     kept: int = 0
+    flagged: int = 0  # kept trials that break a training rule (rules="eval")
 
     @property
     def skipped(self) -> int:
@@ -234,16 +258,24 @@ class SessionCounts:
 
 @dataclass
 class ValidationReport:
-    """What indexing found: kept and skipped trials, by reason and by session."""
+    """What indexing found: kept, flagged and skipped trials, by reason and by session.
+
+    ``flagged`` lists the kept trials that break a training rule (only with
+    ``rules="eval"``), one entry per rule broken, so a trial breaking two rules
+    counts once in :attr:`flagged_trials` and once under each reason in
+    :attr:`flagged_by_reason`.
+    """
 
     split: str
     validate: str
     per_session: dict[str, SessionCounts] = field(default_factory=dict)
     skipped: list[SkippedTrial] = field(default_factory=list)
+    flagged: list[FlaggedTrial] = field(default_factory=list)
     skipped_sessions: list[SkippedSession] = field(default_factory=list)
     ignored_folders: list[str] = field(default_factory=list)
     bytes_read: int = 0  # feature bytes streamed by validate="full"
     seconds: float = 0.0
+    rules: str = "train"
 
     @property
     def total_trials(self) -> int:
@@ -261,12 +293,29 @@ class ValidationReport:
     def skipped_by_reason(self) -> Counter[str]:
         return Counter(s.reason for s in self.skipped)
 
+    @property
+    def flagged_trials(self) -> int:
+        """Kept trials that break at least one training rule."""
+        return sum(c.flagged for c in self.per_session.values())
+
+    @property
+    def flagged_by_reason(self) -> Counter[str]:
+        return Counter(f.reason for f in self.flagged)
+
+    def flagged_line(self) -> str:
+        """e.g. ``kept but flagged: 3 (too_short 1, dead_channels 2)``."""
+        by_reason = ", ".join(f"{r} {n}" for r, n in self.flagged_by_reason.most_common())
+        return f"kept but flagged: {self.flagged_trials}" + (f" ({by_reason})" if by_reason else "")
+
     def summary(self, max_listed: int = 10) -> str:
-        """Counts by reason, dropped sessions, and the first ``max_listed`` skipped trials by name."""
+        """Counts by reason, dropped sessions, and the first ``max_listed`` skipped / flagged trials by name."""
+        rules = "" if self.rules == "train" else f", rules={self.rules}"
         lines = [
             f"{self.split}: {self.kept_trials} of {self.total_trials} trials kept "
-            f"from {len(self.per_session)} session(s) (validate={self.validate}, {self.seconds:.1f} s)"
+            f"from {len(self.per_session)} session(s) (validate={self.validate}{rules}, {self.seconds:.1f} s)"
         ]
+        if self.flagged:
+            lines.append(f"  {self.flagged_line()}")
         for reason, n in sorted(self.skipped_by_reason.items(), key=lambda kv: -kv[1]):
             lines.append(f"  skipped {n:5d} {reason}: {SKIP_REASONS.get(reason, '')}")
         for s in self.skipped_sessions:
@@ -277,25 +326,43 @@ class ValidationReport:
             lines.append(f"  {t.file}:{t.key} {t.reason} ({t.detail})")
         if len(self.skipped) > max_listed:
             lines.append(f"  ... and {len(self.skipped) - max_listed} more skipped trials in report.skipped")
+        for t in self.flagged[:max_listed]:
+            lines.append(
+                f"  flagged {t.session} block {t.block_num} trial {t.trial_num} ({t.key}) {t.reason} ({t.detail})"
+            )
+        if len(self.flagged) > max_listed:
+            lines.append(f"  ... and {len(self.flagged) - max_listed} more flags in report.flagged")
         return "\n".join(lines)
 
     def rich_table(self):
-        """A ``rich`` table: one row per session, then one per skip reason and dropped session."""
+        """A ``rich`` table: one row per session, then one per flag / skip reason and dropped session.
+
+        A "flagged" column (kept trials breaking a training rule) appears when any trial is flagged.
+        """
         from rich.table import Table
 
-        table = Table(title=f"T15 {self.split} (validate={self.validate})")
+        rules = "" if self.rules == "train" else f", rules={self.rules}"
+        table = Table(title=f"T15 {self.split} (validate={self.validate}{rules})")
         table.add_column("session / reason")
-        for name in ("trials", "kept", "skipped"):
+        with_flags = bool(self.flagged)
+        columns = ("trials", "kept", "flagged", "skipped") if with_flags else ("trials", "kept", "skipped")
+        for name in columns:
             table.add_column(name, justify="right")
+
+        def row(label: str, total: str, kept: str, flagged: str, skipped: str) -> None:
+            table.add_row(label, total, kept, *((flagged,) if with_flags else ()), skipped)
+
         for session, c in self.per_session.items():
-            table.add_row(session, str(c.total), str(c.kept), str(c.skipped) if c.skipped else "")
-        table.add_row("[b]all[/b]", str(self.total_trials), str(self.kept_trials), str(self.skipped_trials))
-        if self.skipped or self.skipped_sessions:
+            row(session, str(c.total), str(c.kept), str(c.flagged) if c.flagged else "", str(c.skipped) if c.skipped else "")
+        row("[b]all[/b]", str(self.total_trials), str(self.kept_trials), str(self.flagged_trials), str(self.skipped_trials))
+        if self.skipped or self.skipped_sessions or self.flagged:
             table.add_section()
+        if with_flags:
+            row(self.flagged_line(), "", "", str(self.flagged_trials), "")
         for reason, n in self.skipped_by_reason.most_common():
-            table.add_row(f"skipped: {reason}", "", "", str(n))
+            row(f"skipped: {reason}", "", "", "", str(n))
         for s in self.skipped_sessions:
-            table.add_row(f"[red]{s.session} dropped[/red]: {s.error}", "", "", "all")
+            row(f"[red]{s.session} dropped[/red]: {s.error}", "", "", "", "all")
         return table
 
     def __rich__(self):
@@ -403,6 +470,7 @@ class TrialExample:
     speaking_mode: str | None  # "vocalized" | "silent" | None (unknown)
     split: str
     source: str  # "<file>:<trial key>"
+    flags: tuple[str, ...] = ()  # training rules this kept trial breaks (rules="eval"); () when clean
 
     @property
     def n_time_steps(self) -> int:
@@ -423,6 +491,7 @@ class _TrialRef:
     phoneme_ids: np.ndarray | None
     corpus: str | None
     speaking_mode: str | None
+    flags: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------
@@ -445,7 +514,18 @@ class T15Split:
         validate: "full" also streams all features once (NaN/Inf, dead channels);
             "metadata" checks attributes, shapes and labels only; "none" skips only
             trials that cannot be read at all.
-        patch_size, patch_stride: the model's patching, for the CTC frame rule.
+        output_frames: the model's output length, ``n_bins -> frames emitted`` (e.g.
+            ``lambda n: int(model.output_lengths(torch.tensor([n]))[0])``), for the
+            "too_few_frames_for_ctc" rule: a labelled trial whose frames are fewer than
+            its labels plus adjacent repeats cannot be aligned by CTC. None (default):
+            CTC feasibility is not checked at read time. Used only while indexing;
+            the dataset keeps no reference to it (so it pickles, and holds no model).
+        rules: "train" skips every trial that breaks a rule. "eval" (for scoring
+            val / test on every trial the files hold) keeps a trial that breaks only
+            the training rules (:data:`TRAINING_RULES`: too_short, too_long,
+            too_few_frames_for_ctc, non_finite, dead_channels), records it in
+            ``report.flagged`` and in :meth:`flags`; unreadable trials are still
+            skipped. Feature values are never changed (NaN/Inf stay for the caller).
         num_channels: 512 (all features) or 256 (threshold crossings only).
         block_table_path: corpus table; default ``data_root/t15_copyTaskData_description.csv``
             if present, else the real release's table shipped with the package.
@@ -460,8 +540,8 @@ class T15Split:
         day_index: DayIndex | None = None,
         on_bad_session: OnBadSession = "error",
         validate: Validate = "full",
-        patch_size: int = 14,
-        patch_stride: int = 4,
+        output_frames: Callable[[int], int] | None = None,
+        rules: Rules = "train",
         num_channels: int = FILE_NUM_FEATURES,
         block_table_path: str | Path | None = None,
     ):
@@ -473,17 +553,20 @@ class T15Split:
             raise ValueError(f"validate must be 'full', 'metadata' or 'none', got {validate!r}")
         if num_channels not in (FILE_NUM_FEATURES, THRESHOLD_CROSSING_FEATURES):
             raise ValueError(f"num_channels must be 512 or 256, got {num_channels}")
-        if patch_size < 1 or patch_stride < 1:
-            raise ValueError(f"patch_size and patch_stride must be >= 1, got {patch_size}, {patch_stride}")
+        if output_frames is not None and not callable(output_frames):
+            raise TypeError(f"output_frames must be a function n_bins -> frames or None, got {output_frames!r}")
+        if rules not in ("train", "eval"):
+            raise ValueError(f"rules must be 'train' or 'eval', got {rules!r}")
         if max_sessions is not None and max_sessions < 1:
             raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
         started = time.perf_counter()
         self.data_root = Path(data_root)
         self.split = split
         self.num_channels = num_channels
-        self.patch_size = patch_size
-        self.patch_stride = patch_stride
         self.validate = validate
+        self.rules = rules
+        self.checks_ctc = output_frames is not None  # whether too_few_frames_for_ctc was judged
+        self._output_frames = output_frames  # dropped after indexing
 
         found, problems = _scan_sessions(self.data_root)
         for p in problems:
@@ -509,7 +592,7 @@ class T15Split:
         self.day_index = day_index
         self._corpus = _load_corpus_lookup(self.data_root, block_table_path)
 
-        self.report = ValidationReport(split=split, validate=validate, ignored_folders=list(problems))
+        self.report = ValidationReport(split=split, validate=validate, ignored_folders=list(problems), rules=rules)
         self._files: list[Path] = []
         self._refs: list[_TrialRef] = []
         for info in selected:
@@ -520,7 +603,7 @@ class T15Split:
                         continue  # a session without val/test data simply has no such file
                     path = self.data_root / info.name / "data_train.hdf5"
                     raise T15DataError(f"{path}: missing file; every session needs training data")
-                refs, counts, skipped = self._index_file(info, path, file_id=len(self._files))
+                refs, counts, skipped, flagged = self._index_file(info, path, file_id=len(self._files))
             except T15DataError as e:
                 if on_bad_session == "error":
                     raise
@@ -531,8 +614,10 @@ class T15Split:
             self._refs.extend(refs)
             self.report.per_session[info.name] = counts
             self.report.skipped.extend(skipped)
+            self.report.flagged.extend(flagged)
+        self._output_frames = None  # may hold a model; not needed past indexing
         self.report.seconds = time.perf_counter() - started
-        if self.report.skipped_trials or self.report.skipped_sessions:
+        if self.report.skipped_trials or self.report.skipped_sessions or self.report.flagged:
             log.warning("%s", self.report.summary())
         self._pid = os.getpid()
         self._handles: dict[int, h5py.File] = {}
@@ -541,7 +626,7 @@ class T15Split:
 
     def _index_file(
         self, info: SessionInfo, path: Path, file_id: int
-    ) -> tuple[list[_TrialRef], SessionCounts, list[SkippedTrial]]:
+    ) -> tuple[list[_TrialRef], SessionCounts, list[SkippedTrial], list[FlaggedTrial]]:
         """Index one file; its results are committed by the caller only if the whole file reads."""
         if not path.exists():
             raise T15DataError(f"{path}: missing file (broken link?)")
@@ -553,6 +638,7 @@ class T15Split:
             raise T15DataError(f"{path}: not a readable HDF5 file, corrupt or truncated ({e})") from None
         refs: list[_TrialRef] = []
         skipped: list[SkippedTrial] = []
+        flagged: list[FlaggedTrial] = []
         counts = SessionCounts()
         with f:
             keys = _check_trial_keys(path, list(f.keys()))
@@ -563,7 +649,7 @@ class T15Split:
                     group = f[key]
                     if not isinstance(group, h5py.Group):
                         raise T15DataError(f"{path}:{key}: is a dataset, expected a trial group")
-                    ref = self._index_trial(info, path, key, group, file_id)
+                    ref, broken = self._index_trial(info, path, key, group, file_id)
                 except _TrialProblem as p:
                     skipped.append(SkippedTrial(str(path), key, p.reason, p.detail))
                     counts.total += 1
@@ -572,11 +658,31 @@ class T15Split:
                     raise T15DataError(f"{path}:{key}: unreadable, file corrupt or truncated ({e})") from None
                 counts.total += 1
                 counts.kept += 1
+                if broken:
+                    counts.flagged += 1
+                    flagged.extend(
+                        FlaggedTrial(str(path), key, ref.session, ref.block_num, ref.trial_num, p.reason, p.detail)
+                        for p in broken
+                    )
                 refs.append(ref)
-        return refs, counts, skipped
+        return refs, counts, skipped, flagged
 
-    def _index_trial(self, info: SessionInfo, path: Path, key: str, group: h5py.Group, file_id: int) -> _TrialRef:
+    def _index_trial(
+        self, info: SessionInfo, path: Path, key: str, group: h5py.Group, file_id: int
+    ) -> tuple[_TrialRef, list[_TrialProblem]]:
+        """The trial's reference and the training rules it breaks (always empty with rules="train").
+
+        Raises :class:`_TrialProblem` for a trial to skip.
+        """
         attrs = dict(group.attrs)
+        broken: list[_TrialProblem] = []
+
+        def training_rule(reason: str, detail: str) -> None:
+            problem = _TrialProblem(reason, detail)
+            if self.rules == "train":
+                raise problem
+            broken.append(problem)
+
         labelled = self.split != "test"
         features = _dataset(group, "input_features")
         n_time_steps = _int_attr(attrs, "n_time_steps")
@@ -618,26 +724,29 @@ class T15Split:
             if phoneme_ids is not None and (phoneme_ids.min() < 1 or phoneme_ids.max() >= NUM_CLASSES):
                 raise _TrialProblem("bad_labels", f"phoneme ids range {phoneme_ids.min()}..{phoneme_ids.max()}")
             if n_time_steps < MIN_TIME_STEPS:
-                raise _TrialProblem("too_short", f"{n_time_steps} bins")
+                training_rule("too_short", f"{n_time_steps} bins")
             if n_time_steps > MAX_TIME_STEPS:
-                raise _TrialProblem("too_long", f"{n_time_steps} bins")
-            if phoneme_ids is not None:
-                frames = ctc_output_frames(n_time_steps, self.patch_size, self.patch_stride)
+                training_rule("too_long", f"{n_time_steps} bins")
+            if phoneme_ids is not None and self._output_frames is not None:
+                frames = int(self._output_frames(n_time_steps))
                 needed = len(phoneme_ids) + count_adjacent_repeats(phoneme_ids)
                 if frames < needed:
-                    raise _TrialProblem(
+                    training_rule(
                         "too_few_frames_for_ctc",
                         f"{n_time_steps} bins give {frames} frames, {needed} needed for {len(phoneme_ids)} labels",
                     )
         if self.validate == "full":
             x = features[()][:, : self.num_channels]  # one trial in memory at a time
             self.report.bytes_read += features.size * features.dtype.itemsize
-            if not np.isfinite(x).all():
-                raise _TrialProblem("non_finite", f"{int((~np.isfinite(x)).sum())} NaN/Inf values")
-            # max == min is exact where a std on float32 can come out a hair above zero
-            dead = int(np.count_nonzero(x.max(axis=0) == x.min(axis=0)))
-            if dead > MAX_DEAD_CHANNEL_FRACTION * x.shape[1]:
-                raise _TrialProblem("dead_channels", f"{dead} of {x.shape[1]} channels constant")
+            finite = np.isfinite(x)
+            if not finite.all():
+                training_rule("non_finite", f"{int((~finite).sum())} NaN/Inf values")
+            # A trial already too short (kept only under rules="eval") is trivially constant: not judged.
+            if x.shape[0] >= MIN_TIME_STEPS:
+                # max == min is exact where a std on float32 can come out a hair above zero
+                dead = int(np.count_nonzero(x.max(axis=0) == x.min(axis=0)))
+                if dead > MAX_DEAD_CHANNEL_FRACTION * x.shape[1]:
+                    training_rule("dead_channels", f"{dead} of {x.shape[1]} channels constant")
 
         day = self.day_index.lookup(info.name)
         return _TrialRef(
@@ -653,7 +762,8 @@ class T15Split:
             phoneme_ids=phoneme_ids,
             corpus=self._corpus.get((info.name, block_num)),
             speaking_mode=speaking_mode,
-        )
+            flags=tuple(dict.fromkeys(p.reason for p in broken)),
+        ), broken
 
     # -- reading ----------------------------------------------------------
 
@@ -708,7 +818,19 @@ class T15Split:
             speaking_mode=ref.speaking_mode,
             split=self.split,
             source=source,
+            flags=ref.flags,
         )
+
+    def flags(self, index: int) -> tuple[str, ...]:
+        """Training rules kept trial ``index`` breaks (only with ``rules="eval"``); () for a clean trial.
+
+        No feature read; the same as ``self[index].flags``. Details are in ``report.flagged``.
+        """
+        return self._refs[index].flags
+
+    def flagged_indices(self) -> list[int]:
+        """Indices of the kept trials that carry a flag (empty with ``rules="train"``)."""
+        return [i for i, r in enumerate(self._refs) if r.flags]
 
     def trial_lengths(self) -> np.ndarray:
         """n_time_steps per kept trial, (N,) int64, from attributes (no feature read)."""
@@ -722,7 +844,7 @@ class T15Split:
         """Per kept trial, in dataset order, everything but the features (no feature read).
 
         Keys: session, block_num, trial_num, sentence, speaking_mode, corpus, day_index,
-        day_index_exact, n_time_steps, seq_len, source.
+        day_index_exact, n_time_steps, seq_len, source, flags (see :meth:`flags`).
         """
         return [
             {
@@ -737,6 +859,7 @@ class T15Split:
                 "n_time_steps": r.n_time_steps,
                 "seq_len": 0 if r.phoneme_ids is None else len(r.phoneme_ids),
                 "source": f"{self._files[r.file_id]}:{r.key}",
+                "flags": r.flags,
             }
             for r in self._refs
         ]
@@ -759,7 +882,9 @@ class T15Split:
     def __repr__(self) -> str:
         return (
             f"T15Split({str(self.data_root)!r}, split={self.split!r}, trials={len(self)}, "
-            f"sessions={len(self.report.per_session)}, num_channels={self.num_channels})"
+            f"sessions={len(self.report.per_session)}, num_channels={self.num_channels}"
+            + (f", rules={self.rules!r}" if self.rules != "train" else "")
+            + ")"
         )
 
 

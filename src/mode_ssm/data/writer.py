@@ -10,13 +10,14 @@ half-written file under the final name.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import h5py
 import numpy as np
+
+from mode_ssm.atomic import atomic_path
 
 # The release pads seq_class_ids and transcription to this length.
 LABEL_PAD_LENGTH = 500
@@ -67,10 +68,8 @@ def write_trials(
     seq_len or sentence_label, as in the release.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     n = 0
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for trial in trials:
                 key = f"trial_{n:04d}"
@@ -100,8 +99,4 @@ def write_trials(
                 for name, value in trial.extra_attrs.items():
                     g.attrs[name] = value
                 n += 1
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return n

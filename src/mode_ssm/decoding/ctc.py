@@ -98,7 +98,8 @@ def ctc_prefix_beam_search(
         log_probs: (T, V) per-frame log-probabilities (log-softmax output), numpy or torch.
         beam: prefixes kept after each frame.
         nbest: hypotheses returned (default: ``beam``).
-        beam_size_token: if set, only the top-k labels of each frame extend prefixes (speed).
+        beam_size_token: if set, only the top-k labels of each frame extend prefixes with a new
+            label (speed); a prefix may always stay on its own last label.
     Returns:
         Hypotheses, best first.
     """
@@ -131,10 +132,15 @@ def ctc_prefix_beam_search(
                 entry = nxt[prefix] = [neg_inf, neg_inf]
             entry[which] = logaddexp(entry[which], value)
 
+        in_top = set(labels)
         for prefix, (lp_b, lp_nb) in beams.items():
             lp_total = logaddexp(lp_b, lp_nb)
             add(prefix, 0, lp_total + p_blank)
             last = prefix[-1] if prefix else None
+            if last is not None and last not in in_top:
+                # Staying on the prefix's own last label changes no prefix: it must survive even when
+                # that label is outside this frame's top-k (only new labels are pruned by the top-k).
+                add(prefix, 1, lp_nb + frame[last])
             for v in labels:
                 p = frame[v]
                 if v == last:

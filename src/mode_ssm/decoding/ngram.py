@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from mode_ssm.atomic import atomic_open
+from mode_ssm.lexicon import Lexicon
 from mode_ssm.text import sentence_words
 
 BOS = "<s>"
@@ -215,11 +217,9 @@ def _normalised_words(words: Iterable[str]) -> list[str]:
 def _write_arpa(
     path: Path, order: int, prob: list[dict[NGram, float]], gamma: list[dict[NGram, float]]
 ) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     counts = [len(p) for p in prob]
     counts[0] += 1  # <s>
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w", encoding="utf-8") as f:
         f.write("\n\\data\\\n")
         for n, c in enumerate(counts, start=1):
             f.write(f"ngram {n}={c}\n")
@@ -237,7 +237,6 @@ def _write_arpa(
                     line += f"\t{_format_log10(math.log10(contexts[g]) if g in contexts else 0.0)}"
                 f.write(line + "\n")
         f.write("\n\\end\\\n")
-    tmp.replace(path)
 
 
 def build_lm_from_sentences(
@@ -248,8 +247,6 @@ def build_lm_from_sentences(
     discounts: Sequence[tuple[float, float, float]] | None = None,
 ) -> NgramModelReport:
     """Build an ARPA LM from raw sentences and report which of its words CMUdict cannot pronounce."""
-    from mode_ssm.lexicon import Lexicon
-
     sentences = list(sentences)
     extra_words = list(extra_words)
     report = build_arpa(sentences, order=order, out_path=out_path, extra_words=extra_words, discounts=discounts)

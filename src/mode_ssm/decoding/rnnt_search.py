@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from mode_ssm.decoding.ctc import _logaddexp
+from mode_ssm.decoding.lexicon_decoder import PronunciationIndex
 from mode_ssm.phonemes import BLANK, BOUNDARY
 
 _NEG_INF = -math.inf
@@ -238,8 +239,6 @@ class NbestWordScorer:
         word_score: float = 0.0,
         mismatch_penalty: float = 1.0,
     ):
-        from mode_ssm.decoding.lexicon_decoder import PronunciationIndex
-
         self.index = lexicon if isinstance(lexicon, PronunciationIndex) else PronunciationIndex(lexicon)
         self.lm_weight = lm_weight
         self.word_score = word_score

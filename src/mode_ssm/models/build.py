@@ -6,12 +6,13 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from mode_ssm.models.gru_baseline import GRUBaseline, GRUBaselineConfig
 from mode_ssm.models.mode_ssm import ModeSSM, ModeSSMConfig, component_parameters, set_trainable
 
-__all__ = ["build_model", "model_config", "component_parameters", "set_trainable"]
+__all__ = ["build_model", "model_config", "model_components", "output_frames", "component_parameters", "set_trainable"]
 
 _MODELS = {"mode_ssm": (ModeSSM, ModeSSMConfig), "gru_baseline": (GRUBaseline, GRUBaselineConfig)}
 
@@ -29,27 +30,60 @@ def _to_dict(cfg: Any) -> dict[str, Any]:
     return dict(cfg)
 
 
-def model_config(cfg_model: Mapping[str, Any], n_days: int, n_channels: int) -> ModeSSMConfig | GRUBaselineConfig:
+INPUT_WIDTHS = (256, 512)  # threshold crossings only, or crossings + spike band power
+
+
+def model_config(
+    cfg_model: Mapping[str, Any], n_days: int, n_channels: int, num_channels: int | None = None
+) -> ModeSSMConfig | GRUBaselineConfig:
     """The config dataclass for ``cfg_model`` (keys as in configs/model/*.yaml plus ``name``).
 
-    ``n_days`` and ``n_channels`` come from the data, not the file. Unknown keys
-    raise, so a misspelt option cannot be silently ignored.
+    ``n_days`` and ``n_channels`` (features per bin in the files) come from the
+    data, ``num_channels`` (features the model reads) from ``preprocessor.num_channels``:
+    it is the one place the input width is set, so a model file may not set it.
+    Unknown keys raise, so a misspelt option cannot be silently ignored.
     """
     d = _to_dict(cfg_model)
     name = d.pop("name", None)
     if name not in _MODELS:
-        raise ValueError(f"model name must be one of {list(_MODELS)}, got {name!r}")
+        raise ValueError(f"model.name must be one of {list(_MODELS)}, got {name!r}")
     config_cls = _MODELS[name][1]
-    fields = {f.name for f in dataclasses.fields(config_cls)}
+    if "num_channels" in d:
+        if num_channels is not None:
+            raise ValueError("model.num_channels is not a model option: the input width is preprocessor.num_channels")
+        num_channels = d.pop("num_channels")  # a saved checkpoint's model_config records it
+    for key in ("n_days", "n_channels"):
+        if key in d:
+            raise ValueError(f"model.{key} comes from the data and cannot be set")
+    fields = {f.name for f in dataclasses.fields(config_cls)} - {"n_days", "n_channels", "num_channels"}
     unknown = sorted(set(d) - fields)
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} for model {name!r}; known: {sorted(fields)}")
-    d.update(n_days=n_days, n_channels=n_channels)
+        raise ValueError(f"unknown key(s) {['model.' + k for k in unknown]} for model {name!r}; known: {sorted(fields)}")
+    num_channels = int(num_channels if num_channels is not None else n_channels)
+    if num_channels not in INPUT_WIDTHS:
+        raise ValueError(f"preprocessor.num_channels={num_channels}: must be one of {list(INPUT_WIDTHS)} "
+                         "(256 = threshold crossings only, 512 = with spike band power)")
+    d.update(n_days=n_days, n_channels=n_channels, num_channels=num_channels)
     return config_cls(**d)
 
 
-def build_model(cfg_model: Mapping[str, Any], n_days: int, n_channels: int) -> nn.Module:
+def build_model(cfg_model: Mapping[str, Any], n_days: int, n_channels: int, num_channels: int | None = None) -> nn.Module:
     """``cfg.name`` "mode_ssm" -> ModeSSM, "gru_baseline" -> GRUBaseline."""
-    config = model_config(cfg_model, n_days, n_channels)
+    config = model_config(cfg_model, n_days, n_channels, num_channels)
     model_cls = next(m for m, c in _MODELS.values() if isinstance(config, c))
     return model_cls(config)
+
+
+def model_components(cfg_model: Mapping[str, Any], num_channels: int | None = None) -> tuple[str, ...]:
+    """The trainable components a model built from ``cfg_model`` has (checks the config, builds nothing)."""
+    config = model_config(cfg_model, n_days=1, n_channels=512, num_channels=num_channels)
+    model_cls = next(m for m, c in _MODELS.values() if isinstance(config, c))
+    return model_cls.components_of(config)
+
+
+def output_frames(model: nn.Module):
+    """``n_bins -> frames the model emits`` for the reader's CTC feasibility rule."""
+    def frames(n_bins: int) -> int:
+        return int(model.output_lengths(torch.tensor([int(n_bins)]))[0])
+
+    return frames

@@ -71,6 +71,10 @@ class GRUBaseline(nn.Module):
         self.encoder = GRUEncoder(c.num_channels * c.patch_size, c.n_units, c.n_layers, c.rnn_dropout)
         self.ctc_head = nn.Linear(c.n_units, c.n_classes)
 
+    @classmethod
+    def components_of(cls, config: GRUBaselineConfig) -> tuple[str, ...]:
+        return cls.COMPONENTS
+
     def output_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
         """(B,) input bins -> (B,) output frames (T - patch_size) // patch_stride + 1."""
         c = self.config
@@ -82,6 +86,10 @@ class GRUBaseline(nn.Module):
         feature_lengths: torch.Tensor,
         day_index: torch.Tensor,
         mode_probs: torch.Tensor | None = None,
+        *,
+        rnnt_targets: torch.Tensor | None = None,
+        denoise: bool = False,
+        noise_generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor | None]:
         """features (B, T, C), feature_lengths (B,), day_index (B,) ->
         ``phoneme_logits`` (B, T', n_classes), ``out_lengths`` (B,), ``encoder_features`` =
@@ -89,6 +97,8 @@ class GRUBaseline(nn.Module):
         ``mode_probs`` is accepted and ignored (no mode head). A unidirectional GRU
         never reads ahead, so padding cannot change valid frames.
         """
+        if rnnt_targets is not None or denoise:
+            raise ValueError("the GRU baseline has no RNN-T head or flow bridge (rnnt_targets / denoise)")
         c = self.config
         x = self.day_layers(select_channels(features, c.num_channels), day_index)
         if x.shape[1] < c.patch_size:

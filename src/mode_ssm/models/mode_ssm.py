@@ -112,6 +112,11 @@ class ModeSSM(nn.Module):
             c.d_model, c.predictor_dim, c.predictor_layers, c.joiner_dim, c.n_classes, dropout=c.dropout
         )
 
+    @classmethod
+    def components_of(cls, config: ModeSSMConfig) -> tuple[str, ...]:
+        """The components a model with ``config`` has (the flow bridge is optional)."""
+        return tuple(c for c in cls.COMPONENTS if c != "flow_bridge" or config.flow_bridge)
+
     def output_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
         """(B,) input bins -> (B,) output frames."""
         return self.preprocessor.output_lengths(feature_lengths)
@@ -122,6 +127,10 @@ class ModeSSM(nn.Module):
         feature_lengths: torch.Tensor,
         day_index: torch.Tensor,
         mode_probs: torch.Tensor | None = None,
+        *,
+        rnnt_targets: torch.Tensor | None = None,
+        denoise: bool = False,
+        noise_generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         """features (B, T, C) zero-padded, feature_lengths (B,), day_index (B,) ->
 
@@ -131,8 +140,13 @@ class ModeSSM(nn.Module):
         - ``encoder_features`` (B, T', D): encoder output
         - ``conditioned_features`` (B, T', D): after FiLM (what the flow bridge denoises)
         - ``head_features`` (B, T', D): after the flow bridge (what CTC and RNN-T read)
+        - ``rnnt_joint`` (B, T', U + 1, n_classes), only when ``rnnt_targets`` (B, U) are given
+        - ``denoise_loss`` (scalar), the flow bridge's training loss, only when ``denoise``
+          (its noise drawn from ``noise_generator`` if given)
         ``mode_probs`` given as input overrides the head's posterior in FiLM.
         Frames at or past ``out_lengths`` are zero in every feature tensor.
+        The RNN-T joint and the denoising loss are computed here, inside forward,
+        so that DistributedDataParallel sees every parameter a loss uses.
         """
         x = select_channels(features, self.config.num_channels)
         x = zero_constant_channels(x, feature_lengths)
@@ -143,7 +157,7 @@ class ModeSSM(nn.Module):
             emission = 1.0 - self.ctc_head.proj(encoder_features).float().softmax(-1)[..., BLANK]
         conditioned, mode_logits, probs = self.mode_head(encoder_features, out_lengths, mode_probs, emission)
         head_features = conditioned if self.flow_bridge is None else self.flow_bridge(conditioned, out_lengths)
-        return {
+        out = {
             "phoneme_logits": self.ctc_head(head_features),
             "out_lengths": out_lengths,
             "mode_logits": mode_logits,
@@ -152,6 +166,13 @@ class ModeSSM(nn.Module):
             "conditioned_features": conditioned,
             "head_features": head_features,
         }
+        if rnnt_targets is not None:
+            out["rnnt_joint"] = self.rnnt(head_features, rnnt_targets)
+        if denoise:
+            if self.flow_bridge is None:
+                raise ValueError("denoise=True but this ModeSSM was built without a flow bridge (model.flow_bridge=false)")
+            out["denoise_loss"] = self.flow_bridge.loss(conditioned, out_lengths, noise_generator)
+        return out
 
 
 # ---------------------------------------------------------------------------

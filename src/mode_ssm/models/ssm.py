@@ -177,18 +177,32 @@ def ssd_sequential_scan(
 
 
 @functools.lru_cache(maxsize=1)
-def _mamba_kernel() -> Callable | None:
-    """``mamba_ssm``'s fused chunked scan, or None where it cannot be imported."""
+def _load_mamba_kernel() -> tuple[Callable | None, str]:
+    """(``mamba_ssm``'s fused chunked scan or None, why it could not be imported)."""
     try:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except Exception:  # ImportError, or a Triton/CUDA mismatch raised at import
-        return None
-    return mamba_chunk_scan_combined
+    except Exception as e:  # ImportError, or a Triton/CUDA mismatch raised at import
+        return None, f"{type(e).__name__}: {e}"
+    return mamba_chunk_scan_combined, ""
+
+
+def _mamba_kernel() -> Callable | None:
+    return _load_mamba_kernel()[0]
 
 
 def cuda_kernel_available() -> bool:
     """True where ``mamba_ssm`` imports and a CUDA device is present."""
     return torch.cuda.is_available() and _mamba_kernel() is not None
+
+
+def require_cuda_kernel() -> None:
+    """For ``use_cuda_kernel: true``: raise, saying why, unless the kernel can run here."""
+    kernel, why = _load_mamba_kernel()
+    if kernel is None:
+        raise RuntimeError(f"use_cuda_kernel=true but mamba_ssm's kernel cannot be imported ({why}); "
+                           "install it with pip install -e '.[cuda]' or set model.use_cuda_kernel=auto")
+    if not torch.cuda.is_available():
+        raise RuntimeError("use_cuda_kernel=true but no CUDA device is available; set model.use_cuda_kernel=auto")
 
 
 def selective_scan(
@@ -202,7 +216,16 @@ def selective_scan(
 ) -> Tensor:
     """The scan the model uses: ``mamba_ssm``'s kernel on CUDA where allowed and installed,
     else ``ssd_chunked_scan``. Shapes as in ``ssd_chunked_scan``; returns y only.
+
+    ``use_cuda_kernel``: "auto" uses the kernel where it can; True requires it
+    (an error on CPU tensors or without the package, never a silent fallback);
+    False always runs the pure scan.
     """
+    if use_cuda_kernel is True:
+        require_cuda_kernel()
+        if not x.is_cuda:
+            raise RuntimeError(f"use_cuda_kernel=true but the input is on {x.device}; move the model to CUDA "
+                               "or set model.use_cuda_kernel=auto")
     if use_cuda_kernel and x.is_cuda and _mamba_kernel() is not None:
         kernel = _mamba_kernel()
         return kernel(x.contiguous(), dt.contiguous(), A, B.contiguous(), C.contiguous(), chunk_size)
@@ -280,6 +303,8 @@ class MambaBlock(nn.Module):
         self.head_dim = head_dim
         self.n_heads = d_inner // head_dim
         self.chunk_size = chunk_size
+        if use_cuda_kernel is True:
+            require_cuda_kernel()  # fail at construction, not at the first batch
         self.use_cuda_kernel = use_cuda_kernel
         conv_channels = d_inner + 2 * d_state  # x, B, C
 

@@ -33,6 +33,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from mode_ssm.lexicon import Lexicon
+from mode_ssm.phonemes import PHONEME_TO_ID
 from mode_ssm.text import normalize_sentence
 
 CORPORA = ("Switchboard", "Freq words", "50-Word", "Openwebtext", "Harvard", "Random")
@@ -387,8 +388,6 @@ def build_vocabulary() -> Vocabulary:
 @functools.lru_cache(maxsize=1)
 def _vowel_initial_words() -> frozenset[str]:
     """Words whose pronunciation starts with a vowel (they take "an")."""
-    from mode_ssm.phonemes import PHONEME_TO_ID
-
     vowels = {PHONEME_TO_ID[p] for p in ("AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW")}
     return frozenset(w for w, prons in Lexicon.from_cmudict().entries.items() if prons[0][0] in vowels)
 

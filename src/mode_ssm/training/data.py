@@ -9,11 +9,14 @@ from typing import Any, Hashable, Mapping
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from mode_ssm.data.t15 import T15Split
-from mode_ssm.models.mode import mode_targets_for_batch, pseudo_label_blocks
-from mode_ssm.training.distributed import DistContext, barrier
+from mode_ssm.data.mode_labels import mode_targets_for_batch, pseudo_label_blocks
+from mode_ssm.data.sentences import train_sentences
+from mode_ssm.data.t15 import T15Split, speaking_mode_id
+from mode_ssm.decoding.words import make_word_decoder, word_resources
+from mode_ssm.runtime.distributed import DistContext, barrier
+from mode_ssm.sim import ensure_default_data
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +29,6 @@ def resolve_data_root(cfg: DictConfig, launch_dir: Path, ctx: DistContext) -> Pa
         if not root.is_dir():
             raise FileNotFoundError(f"data.data_root={cfg.data.data_root}: no such folder ({root})")
         return root
-    from mode_ssm.sim import ensure_default_data
-
     if ctx.is_main:
         root = ensure_default_data(preset=cfg.data.sim_preset, seed=cfg.data.sim_seed)
     barrier(ctx)
@@ -61,56 +62,21 @@ def block_mode_targets(train_set: T15Split) -> ModeTargets:
 
 def block_truth(split: T15Split) -> dict[Hashable, int]:
     """Known block modes (simulated data) for reporting; empty for real data."""
-    from mode_ssm.data.t15 import speaking_mode_id
-
     return {(m["session"], int(m["block_num"])): speaking_mode_id(m["speaking_mode"]) for m in split.trial_metadata()
             if m["speaking_mode"] is not None}
 
 
 def build_word_decoder(cfg: DictConfig, train_set: T15Split, run_dir: Path, ctx: DistContext):
-    """Lexicon + n-gram LM decoder: vocabulary = train words + frequent English words, LM from train text."""
-    lexicon, lm_path = word_decoder_resources(cfg.decoding, train_set, run_dir / "lm", ctx)
-    return make_word_decoder(cfg.decoding, lexicon, lm_path)
+    """Lexicon + n-gram LM decoder for val/wer: vocabulary = train words + frequent English words, LM from train text.
 
-
-def word_decoder_resources(
-    decoding: Mapping[str, Any], train_set: T15Split, lm_dir: Path, ctx: DistContext | None = None
-):
-    """(lexicon, ARPA path) of the word decoder; the LM is built in ``lm_dir`` unless already there.
-
-    Shared by training and evaluation so both decode with the same vocabulary and LM.
+    The same sentences (:func:`mode_ssm.data.sentences.train_sentences`) and
+    settings that evaluation reads, so both build the same LM; rank 0 builds it,
+    the other ranks wait and read the same file.
     """
-    from mode_ssm.decoding.lexicon_decoder import build_vocabulary
-    from mode_ssm.decoding.ngram import build_arpa
-
-    ctx = ctx or DistContext()
-    sentences = [m["sentence"] for m in train_set.trial_metadata() if m["sentence"]]
-    if not sentences:
-        raise ValueError(f"{train_set.data_root}: no labelled train sentences to build the language model from")
-    extra = _frequent_words(int(decoding["extra_vocabulary"]))
-    lm_path = Path(lm_dir) / f"train_{decoding['lm_order']}gram.arpa"
-    if ctx.is_main and not lm_path.is_file():
-        # the extra words get their own small unigram share instead of all sharing <unk>'s
-        build_arpa(sentences, order=int(decoding["lm_order"]), out_path=lm_path, extra_words=extra)
+    decoding = OmegaConf.to_container(cfg.decoding, resolve=True)
+    sentences = train_sentences(train_set.data_root, train_set.sessions, train_set.day_index)
+    if ctx.is_main:
+        word_resources(decoding, sentences, run_dir / "lm")
     barrier(ctx)
-    return build_vocabulary(sentences, extra_words=extra).lexicon(), lm_path
-
-
-def make_word_decoder(decoding: Mapping[str, Any], lexicon, lm_path: Path | None, **overrides: Any):
-    """A :class:`WordDecoder` with the ``decoding`` settings; ``overrides`` (e.g. lm_weight) win."""
-    from mode_ssm.decoding.lexicon_decoder import WordDecoder
-
-    d = {k: decoding[k] for k in ("lm_weight", "word_score", "beam", "beam_size_token", "beam_threshold")}
-    d.update(overrides)
-    return WordDecoder(
-        lexicon, arpa_path=lm_path, lm_weight=float(d["lm_weight"]), word_score=float(d["word_score"]),
-        beam=int(d["beam"]), beam_size_token=int(d["beam_size_token"]), beam_threshold=float(d["beam_threshold"]),
-    )
-
-
-def _frequent_words(n: int) -> list[str]:
-    if n <= 0:
-        return []
-    from wordfreq import top_n_list
-
-    return top_n_list("en", n)
+    lexicon, lm_path = word_resources(decoding, sentences, run_dir / "lm", build=False)
+    return make_word_decoder(decoding, lexicon, lm_path)

@@ -8,6 +8,7 @@ optimizer, scheduler, RNG and data order) from ``last.pt``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import resource
@@ -22,26 +23,25 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from mode_ssm.data.augment import Augmenter
+from mode_ssm.data.augment import Augmenter, smoothed
 from mode_ssm.data.batching import LengthBucketSampler, collate_trials
 from mode_ssm.data.t15 import DayIndex, T15Split, ctc_min_time_steps
-from mode_ssm.evaluation import autocast_for, decode_split, move_batch, summarize
-from mode_ssm.losses import compute_losses
-from mode_ssm.models.build import build_model
-from mode_ssm.models.mode_ssm import component_parameters, set_trainable
-from mode_ssm.training import distributed
-from mode_ssm.training.checkpoint import (
+from mode_ssm.metrics import summarize
+from mode_ssm.models.build import build_model, component_parameters, model_components, output_frames, set_trainable
+from mode_ssm.models.losses import compute_losses, trim_targets
+from mode_ssm.runtime import distributed
+from mode_ssm.runtime.checkpoint import (
     load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state,
 )
+from mode_ssm.runtime.decode import autocast_for, decode_split, move_batch
+from mode_ssm.runtime.tracking import start_tracker
+from mode_ssm.training.curriculum import LOSS_NAMES, Stage, plan_curriculum
 from mode_ssm.training.data import block_mode_targets, block_truth, build_word_decoder, resolve_data_root
+from mode_ssm.training.optim import parameter_groups
 from mode_ssm.training.progress import Progress, print_summary
 from mode_ssm.training.schedule import warmup_cosine
-from mode_ssm.training.tracking import start_tracker
 
 log = logging.getLogger(__name__)
-
-LOSS_NAMES = ("ctc", "rnnt", "mode", "denoise")
-
 
 class TrainingAborted(RuntimeError):
     pass
@@ -75,26 +75,24 @@ def _augmenter(cfg: DictConfig) -> Augmenter:
     return Augmenter(aug)
 
 
-def _stage_plan(model: torch.nn.Module, stage: DictConfig) -> tuple[list[str], dict[str, float]]:
-    """The stage's components and loss weights, reduced to what this model has."""
-    available = {c for c in model.COMPONENTS if getattr(model, c, None) is not None}
-    components = [c for c in stage.components if c in available]
-    weights = {k: float(stage.loss_weights.get(k, 0.0)) for k in LOSS_NAMES}
-    for name, component in (("rnnt", "rnnt"), ("mode", "mode_head"), ("denoise", "flow_bridge")):
-        if component not in available:
-            weights[name] = 0.0
-    return components, weights
-
-
-def _make_optimizer(cfg: DictConfig, model: torch.nn.Module, components: list[str], steps: int):
+def _make_optimizer(cfg: DictConfig, model: torch.nn.Module, components: tuple[str, ...], steps: int):
     params = [p for p in component_parameters(model, components) if p.requires_grad]
     o = cfg.training.optimizer
-    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps)
+    groups = parameter_groups(model, params, o.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
     s = cfg.training.scheduler
     return optimizer, warmup_cosine(optimizer, steps, s.warmup_steps, s.min_lr_ratio)
 
 
+def check_config(cfg: DictConfig) -> list[Stage]:
+    """What can be checked before any data is read: the model options, the input width, the curriculum."""
+    num_channels = cfg.preprocessor.num_channels
+    components = model_components(cfg.model, num_channels)  # ValueError naming a bad model key or width
+    return plan_curriculum(OmegaConf.to_container(cfg.training.stages, resolve=True), components, cfg.model.name)
+
+
 def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[str, Any]:
+    stages = check_config(cfg)
     ctx = distributed.setup(cfg.device)
     run_dir = Path(distributed.broadcast_object(ctx, str(Path(run_dir).resolve())))
     launch_dir = Path(launch_dir).resolve()
@@ -121,9 +119,13 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
         max_sessions=cfg.data.max_sessions, on_bad_session=cfg.data.on_bad_session,
         validate=cfg.data.validate, num_channels=num_channels,
     )
-    train_set = T15Split(data_root, "train", day_index=day_index, **split_args)
+    # the CTC feasibility rule of this model's own output lengths (a 1-day twin: frames do not depend on days)
+    frames = output_frames(build_model(cfg.model, n_days=1, n_channels=num_channels, num_channels=num_channels))
+    train_set = T15Split(data_root, "train", day_index=day_index, output_frames=frames, **split_args)
     day_index = train_set.day_index
-    val_set = T15Split(data_root, "val", day_index=day_index, sessions=train_set.sessions, **split_args)
+    # val is scored on every trial its files hold; the training rules only flag trials there
+    val_set = T15Split(data_root, "val", day_index=day_index, sessions=train_set.sessions, output_frames=frames,
+                       rules="eval", **split_args)
     if ctx.is_main:
         print(train_set.report.summary())
     sampler = LengthBucketSampler(
@@ -153,8 +155,10 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
     aug_generator = torch.Generator().manual_seed(cfg.seed * 1000 + ctx.rank)
 
     # ---- model -----------------------------------------------------------------------------
-    model_cfg = OmegaConf.merge(cfg.model, {"num_channels": num_channels})
-    model = build_model(model_cfg, n_days=len(day_index), n_channels=num_channels).to(ctx.device)
+    model = build_model(cfg.model, n_days=len(day_index), n_channels=num_channels,
+                        num_channels=num_channels).to(ctx.device)
+    # what load_model rebuilds from: the model options and the input width
+    model_cfg = OmegaConf.create({**OmegaConf.to_container(cfg.model, resolve=True), "num_channels": num_channels})
     if state:
         model.load_state_dict(state["model"])
     ddp_model = DistributedDataParallel(model, find_unused_parameters=True) if ctx.enabled else model
@@ -191,12 +195,9 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
         )
 
     def evaluate(dataset, indices=None) -> dict[str, Any]:
-        rows = decode_split(
-            model, _transformed(eval_loader(dataset, indices), augmenter), ctx, word_decoder, amp
-        )
+        rows = decode_split(model, smoothed(eval_loader(dataset, indices), augmenter), ctx, word_decoder, amp)
         return summarize(rows)
 
-    stages = list(cfg.training.stages)
     progress = Progress(enabled=ctx.is_main)
     max_steps = cfg.training.max_steps
     budget_s = 60.0 * cfg.training.time_budget_minutes if cfg.training.time_budget_minutes else math.inf
@@ -215,12 +216,7 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
     try:
         while pos.stage < len(stages):
             stage = stages[pos.stage]
-            components, weights = _stage_plan(model, stage)
-            if not components or not any(weights.values()):
-                if ctx.is_main:
-                    print(f"stage {stage.name}: nothing to train for {cfg.model.name}; skipped")
-                pos.next_stage()
-                continue
+            components, weights = stage.components, dict(stage.loss_weights)
             set_trainable(model, components)
             steps_per_epoch = math.ceil(sampler.batches_per_rank / accum)
             optimizer, scheduler = _make_optimizer(cfg, model, components, steps_per_epoch * stage.epochs)
@@ -229,7 +225,7 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
                 scheduler.load_state_dict(state["scheduler"])
             state = None
             if ctx.is_main and pos.epoch_in_stage == 0 and pos.batch_in_epoch == 0:
-                print(f"stage {pos.stage + 1}/{len(stages)} {stage.name}: training {components} "
+                print(f"stage {pos.stage + 1}/{len(stages)} {stage.name}: training {list(components)} "
                       f"with loss weights {weights}")
                 tracker.log({"stage/index": pos.stage, "epoch": pos.epoch})
             while pos.epoch_in_stage < stage.epochs:
@@ -247,10 +243,16 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
                                             min_len.to(ctx.device))
                     batch = {**batch, "features": feats, "feature_lengths": lens}
                     last_micro = (pos.batch_in_epoch + 1) % accum == 0 or pos.batch_in_epoch + 1 == sampler.batches_per_rank
-                    sync = ddp_model.no_sync() if ctx.enabled and not last_micro else _null()
+                    sync = ddp_model.no_sync() if ctx.enabled and not last_micro else contextlib.nullcontext()
                     with sync:
                         with autocast_for(ctx.device, amp):
-                            out = ddp_model(batch["features"], batch["feature_lengths"], batch["day_index"])
+                            # every loss's parameters are used inside the (DDP-wrapped) forward
+                            rnnt_targets = trim_targets(batch["phoneme_ids"], batch["phoneme_lengths"]) \
+                                if weights["rnnt"] else None
+                            out = ddp_model(batch["features"], batch["feature_lengths"], batch["day_index"],
+                                            rnnt_targets=rnnt_targets, denoise=bool(weights["denoise"]),
+                                            noise_generator=_batch_generator(cfg.seed, pos, ctx) if
+                                            weights["denoise"] else None)
                             targets = mode_targets.lookup(batch).to(ctx.device)
                             losses = compute_losses(model, batch, out, weights, targets)
                         finite = bool(torch.isfinite(losses["total"]).item())
@@ -359,21 +361,17 @@ def _improved(val: dict[str, Any], pos: Position) -> bool:
     return False
 
 
-class _null:
-    def __enter__(self):
-        return self
+def _batch_generator(seed: int, pos: Position, ctx) -> torch.Generator:
+    """The flow bridge's noise for one micro-batch, seeded by its place in the epoch's global batch order.
 
-    def __exit__(self, *exc):
-        return False
+    Rank r's k-th micro-batch is the sampler's batch k * world_size + r, so N ranks draw the
+    same noise for the same trials as one process accumulating N micro-batches.
+    """
+    index = pos.batch_in_epoch * ctx.world_size + ctx.rank
+    return torch.Generator(device=ctx.device).manual_seed((seed * 1_000_003 + pos.epoch) * 1_000_003 + index)
 
 
 def _unique(sampler: LengthBucketSampler, ctx) -> list[list[int]]:
     """Evaluation batches with no trial twice across ranks (the train sampler repeats a few to even out ranks)."""
     batches = sampler.epoch_batches()
     return batches[ctx.rank :: ctx.world_size]
-
-
-def _transformed(loader, augmenter: Augmenter):
-    for batch in loader:
-        feats, lens = augmenter(batch["features"], batch["feature_lengths"], None, False)
-        yield {**batch, "features": feats, "feature_lengths": lens}

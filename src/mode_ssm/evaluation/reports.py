@@ -1,6 +1,8 @@
-"""Evaluation reports from per-trial rows (:func:`mode_ssm.evaluation.decode_split`): CSV, tables, plots.
+"""Evaluation reports from per-trial rows (:func:`mode_ssm.runtime.decode.decode_split`): CSV, tables, plots.
 
-Every aggregate goes through :func:`mode_ssm.evaluation.summarize`, so a WER
+This module only writes what it is given; decoding happens in :mod:`mode_ssm.evaluation.pipeline`.
+
+Every aggregate goes through :func:`mode_ssm.metrics.summarize`, so a WER
 here is the official aggregate (total word errors over total reference words)
 and equals what training logs as val/wer for the same rows.
 """
@@ -12,9 +14,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
 
+from mode_ssm.atomic import atomic_open, write_text
 from mode_ssm.data.blocks import session_date
-from mode_ssm.evaluation import MODE_NAMES, summarize
+from mode_ssm.metrics import MODE_NAMES, summarize
 from mode_ssm.phonemes import BOUNDARY, CLASS_NAMES, NUM_CLASSES
 
 PREDICTION_COLUMNS = (
@@ -56,9 +60,8 @@ def prediction_records(
 
 def write_csv(records: Sequence[Mapping[str, Any]], path: str | Path, columns: Sequence[str] | None = None) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     columns = list(columns or (records[0].keys() if records else []))
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(records)
@@ -152,8 +155,7 @@ def write_markdown(path: str | Path, title: str, tables: Mapping[str, Sequence[M
     parts += [f"- {n}" for n in notes]
     for name, table in tables.items():
         parts += ["", f"## By {name.replace('_', ' ')}", "", markdown_table(table)]
-    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
-    return path
+    return write_text(path, "\n".join(parts) + "\n")
 
 
 # --------------------------------------------------------------------------- phoneme confusions
@@ -175,8 +177,6 @@ def phoneme_confusions(rows: Iterable[Mapping[str, Any]]) -> np.ndarray:
     prediction); index 0 (blank) stays empty. The alignment is a minimum edit-distance
     one (``rapidfuzz.distance.Levenshtein.opcodes``), so its errors add up to the PER's.
     """
-    from rapidfuzz.distance import Levenshtein
-
     gap = NUM_CLASSES  # 41
     counts = np.zeros((NUM_CLASSES + 1, NUM_CLASSES + 1), dtype=np.int64)
     for r in rows:
@@ -325,75 +325,3 @@ def write_report(
         for n in notes:
             console.print(f"- {n}")
     return {"metrics": overall, "paths": paths, "tables": tables}
-
-
-def run_evaluation(cfg: Any, launch_dir: str | Path, console: Any | None = None) -> dict[str, Any]:
-    """``scripts/evaluate.py``: decode a split with a checkpoint and write the report (see configs/evaluate.yaml)."""
-    import json
-
-    import torch
-
-    from mode_ssm.inference import (
-        RNNTSettings, WordDecoding, config_dict, decode_trials, load_model, make_search, open_split, pick_device,
-        resolve_data_root,
-    )
-    from mode_ssm.training.tracking import start_tracker
-    from mode_ssm.tta import TTAConfig
-
-    launch_dir = Path(launch_dir)
-    if cfg.split not in ("val", "test"):
-        raise ValueError(f"split must be val or test, got {cfg.split!r}")
-    torch.set_num_threads(int(cfg.torch_threads))
-    tta = TTAConfig.from_mapping(config_dict(cfg.tta))
-    loaded = load_model(launch_dir / Path(str(cfg.checkpoint)).expanduser(), pick_device(str(cfg.device)))
-    if cfg.get("flow_bridge") is not None:
-        bridge = getattr(loaded.model, "flow_bridge", None)
-        if bridge is None:
-            raise ValueError(f"flow_bridge={cfg.flow_bridge} but {loaded.path} holds a "
-                             f"{type(loaded.model).__name__} without a flow bridge")
-        bridge.enabled = bool(cfg.flow_bridge)
-    data_root = resolve_data_root(cfg.data.data_root, loaded, launch_dir)
-    out_dir = launch_dir / Path(str(cfg.output_dir))
-    labelled = cfg.split != "test"
-    # every test trial needs a prediction, so nothing is validated away there
-    validate = "none" if not labelled else (cfg.data.validate or loaded.config.get("data", {}).get("validate", "full"))
-    data = open_split(loaded, data_root, cfg.split, validate, cfg.data.on_bad_session)
-    words = WordDecoding(loaded, data_root, out_dir / "lm", config_dict(cfg.decoding))
-    search, word_decoder = make_search(cfg.decoder, loaded, words, RNNTSettings(**config_dict(cfg.rnnt)))
-    say = console.print if console is not None else (lambda *_: None)
-    say(f"decoding {len(data)} {cfg.split} trials of {data_root} with {cfg.decoder}"
-        + (f" and test-time adaptation {tta.to_dict()}" if tta.enabled else ""))
-    result = decode_trials(loaded, data, search=search, word_decoder=word_decoder, tta=tta,
-                           batch_size=int(cfg.batch_size), unseen=cfg.unseen_sessions,
-                           amp=bool(cfg.amp) and loaded.device.type == "cuda", log=say)
-    unseen = [s for s, d in result.days.items() if not d.exact]
-    notes = [
-        f"checkpoint {loaded.path}; data {data_root}; split {cfg.split}; decoder {cfg.decoder}; "
-        f"TTA {'on ' + json.dumps(tta.to_dict()) if tta.enabled else 'off'}",
-        f"decoding took {result.seconds:.1f} s for {result.neural_seconds:.1f} s of neural data "
-        f"(real-time factor {result.real_time_factor:.4f}, {loaded.device.type}, {int(cfg.torch_threads)} thread(s))",
-    ]
-    notes += [f"session {s} was not in training: decoded with the {result.days[s].note}" for s in unseen]
-    report = write_report(
-        result.rows, out_dir, title=f"MODE-SSM evaluation ({cfg.split})", first_session=loaded.day_index.sessions[0],
-        day_notes={s: d.note for s, d in result.days.items()}, unseen=unseen, notes=notes, labelled=labelled,
-        phoneme_source="RNN-T " + cfg.decoder.split("_")[1] if cfg.decoder.startswith("rnnt") else "CTC greedy",
-        console=console,
-    )
-    metrics = {k: v for k, v in report["metrics"].items() if v is not None}
-    metrics.update(decode_seconds=result.seconds, neural_seconds=result.neural_seconds,
-                   real_time_factor=result.real_time_factor, unseen_sessions=unseen)
-    (out_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, "tta": result.tta}, indent=2, default=str))
-    tracker = start_tracker(cfg.wandb, out_dir, config_dict(cfg), launch_dir)
-    try:
-        tracker.summary({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-        for by, table in report["tables"].items():
-            cols = list(table[0]) if table else []
-            tracker.log_table(f"eval/by_{by}", cols, [[r.get(c) for c in cols] for r in table])
-        for key, path in report["paths"].items():
-            if str(path).endswith(".png"):
-                tracker.log_image(f"eval/{key}", path)
-    finally:
-        tracker.finish()
-    return {"metrics": metrics, "paths": report["paths"], "days": result.days, "rows": result.rows,
-            "out_dir": out_dir}

@@ -1,19 +1,20 @@
-"""From a training checkpoint to decoded trials: the model, its day layers, word decoders and TTA.
+"""From a training checkpoint to decoded, scored trials: the one sequence evaluate, submit and tune share.
 
-What evaluation, submission and decoder tuning share:
+``scripts/evaluate.py``, ``make_submission.py`` and ``tune_decoder.py`` all run
+:func:`prepare` (load the model, resolve the data root, open the split, build
+the word decoder and the search) and then :func:`decode_trials`, which decodes
+a split session by session through :func:`mode_ssm.runtime.decode.decode_split`
+(the function training's val/wer uses), with optional test-time adaptation per
+session, and returns rows in file order for :func:`mode_ssm.metrics.summarize`.
 
-- :func:`load_model` checks that a file is a MODE-SSM training checkpoint and
-  rebuilds the model exactly as trained (weights, day index, input smoothing).
 - :func:`session_days` decides which day layer decodes each session. A session
   the model never saw uses its nearest earlier session's layer (drift grows
   with time, so the closest earlier day is the best guess), or a fresh
   identity layer (``unseen="identity"``) meant to be adapted by TTA.
-- :class:`WordDecoding` builds the lexicon and n-gram LM the way training does
-  (:func:`mode_ssm.training.data.word_decoder_resources`), so evaluation decodes
-  with the vocabulary and LM that val/wer was measured with.
-- :func:`decode_trials` decodes a split session by session through
-  :func:`mode_ssm.evaluation.decode_split` (the function training uses), with
-  optional test-time adaptation per session, and returns rows in file order.
+- :class:`WordDecoding` builds the lexicon and n-gram LM from the train
+  sentences of the sessions the model trained on, with
+  :func:`mode_ssm.decoding.words.word_resources` as training does, so
+  evaluation decodes with the vocabulary and LM that val/wer was measured with.
 """
 
 from __future__ import annotations
@@ -21,99 +22,29 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from mode_ssm.data.augment import Augmenter
+from mode_ssm.data.augment import finite_features, smoothed
 from mode_ssm.data.batching import collate_trials
-from mode_ssm.data.t15 import BIN_SECONDS, DayIndex, T15DataError, T15Split
-from mode_ssm.evaluation import Search, decode_split
-from mode_ssm.models.build import build_model
-from mode_ssm.training.checkpoint import CheckpointError, load_checkpoint
-from mode_ssm.training.distributed import DistContext
-from mode_ssm.tta import TTAConfig, adapted_to_session, whiten_batches
+from mode_ssm.data.sentences import train_sentences
+from mode_ssm.data.t15 import BIN_SECONDS, T15DataError, T15Split
+from mode_ssm.decoding.ctc import ctc_greedy
+from mode_ssm.decoding.lexicon_decoder import PronunciationIndex, greedy_words
+from mode_ssm.decoding.rnnt_search import NbestWordScorer, rnnt_beam_search, rnnt_greedy_search
+from mode_ssm.decoding.words import make_word_decoder, word_resources
+from mode_ssm.models.build import output_frames
+from mode_ssm.evaluation.tta import TTAConfig, adapted_to_session, whiten_batches
+from mode_ssm.metrics import word_error_rate
+from mode_ssm.runtime.decode import Search, decode_split
+from mode_ssm.runtime.distributed import DistContext
+from mode_ssm.runtime.loading import LoadedModel, load_model, pick_device
 
-REQUIRED_KEYS = ("model", "model_config", "day_index", "config")
 DECODERS = ("ctc_lm", "ctc_greedy", "rnnt_greedy", "rnnt_beam")
 UNSEEN_STRATEGIES = ("nearest", "identity")
-
-
-# --------------------------------------------------------------------------- the model
-
-
-@dataclass
-class LoadedModel:
-    """A trained model ready to decode, with what it was trained with."""
-
-    model: torch.nn.Module
-    day_index: DayIndex
-    config: dict[str, Any]  # the full resolved training config
-    path: Path
-    trained_data_root: Path | None
-    device: torch.device
-
-    @property
-    def num_channels(self) -> int:
-        return int(self.config.get("preprocessor", {}).get("num_channels", 512))
-
-    @property
-    def has_rnnt(self) -> bool:
-        return getattr(self.model, "rnnt", None) is not None
-
-    def eval_augmenter(self) -> Augmenter:
-        """Only the input smoothing the model was trained with (what ``train=False`` applies)."""
-        aug = self.config.get("augmentation", {}) or {}
-        return Augmenter({k: aug[k] for k in ("smooth_std", "smooth_kernel_size") if k in aug})
-
-    def decoding(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The checkpoint's ``decoding`` settings with the non-null ``overrides`` applied."""
-        d = dict(self.config.get("decoding", {}) or {})
-        d.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        missing = [k for k in ("lm_order", "lm_weight", "word_score", "beam", "beam_size_token", "beam_threshold",
-                               "extra_vocabulary") if d.get(k) is None]
-        if missing:
-            raise CheckpointError(f"{self.path}: training config has no decoding.{missing[0]} (and none was given)")
-        return d
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a checkpoint written by ``scripts/train.py`` into an eval-mode model on ``device``."""
-    path = Path(path)
-    state = load_checkpoint(path, map_location="cpu")
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: not a MODE-SSM checkpoint (holds a {type(state).__name__}, expected a dict)")
-    missing = [k for k in REQUIRED_KEYS if k not in state]
-    if missing:
-        raise CheckpointError(
-            f"{path}: not a MODE-SSM training checkpoint: missing {missing} (has {sorted(state)[:8]})"
-        )
-    try:
-        day_index = DayIndex.from_dict(state["day_index"])
-    except (ValueError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{path}: bad day index ({e})") from None
-    config = dict(state["config"])
-    model_cfg = dict(state["model_config"])
-    n_channels = int(model_cfg.get("n_channels", model_cfg.get("num_channels", 512)))
-    model_cfg.pop("n_days", None)
-    model_cfg.pop("n_channels", None)
-    try:
-        model = build_model(model_cfg, n_days=len(day_index), n_channels=n_channels)
-        model.load_state_dict(state["model"])
-    except (ValueError, TypeError, RuntimeError, KeyError) as e:
-        raise CheckpointError(f"{path}: weights do not fit the model its config describes ({e})") from None
-    device = torch.device(device)
-    model.to(device).eval()
-    root = state.get("data_root")
-    return LoadedModel(model, day_index, config, path, Path(root) if root else None, device)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # --------------------------------------------------------------------------- data
@@ -126,9 +57,15 @@ def open_split(
     validate: str = "metadata",
     on_bad_session: str = "error",
 ) -> T15Split:
-    """One split of ``data_root`` indexed with the model's day index; an error if it holds no trials."""
+    """One split of ``data_root`` indexed with the model's day index; an error if it holds no trials.
+
+    Every readable trial is kept (``rules="eval"``): one that breaks a training rule
+    (too short or long for this model's CTC, dead channels, NaN/Inf) is decoded and
+    scored, and flagged in ``data.report`` and in its row.
+    """
     data = T15Split(data_root, split, day_index=loaded.day_index, validate=validate,  # type: ignore[arg-type]
-                    on_bad_session=on_bad_session, num_channels=loaded.num_channels)  # type: ignore[arg-type]
+                    on_bad_session=on_bad_session, num_channels=loaded.num_channels,  # type: ignore[arg-type]
+                    output_frames=output_frames(loaded.model), rules="eval")
     if len(data) == 0:
         has_files = any(split in s.files for s in data.session_infos)
         why = "every trial in them was skipped:\n" + data.report.summary() if has_files else \
@@ -174,16 +111,10 @@ def raw_batches(
     """Collated trials in the order given, on ``device``, non-finite values zeroed, day index overridden."""
     for start in range(0, len(indices), batch_size):
         batch = collate_trials([data[i] for i in indices[start : start + batch_size]])
-        batch["features"] = torch.nan_to_num(batch["features"], nan=0.0, posinf=0.0, neginf=0.0)
+        batch["features"] = finite_features(batch["features"])  # before TTA's whitening reads them
         if day is not None:
             batch["day_index"] = torch.full_like(batch["day_index"], day)
         yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def smoothed(batches: Iterable[Mapping[str, Any]], augmenter: Augmenter) -> Iterator[dict[str, Any]]:
-    for batch in batches:
-        feats, lens = augmenter(batch["features"], batch["feature_lengths"], None, False)
-        yield {**batch, "features": feats, "feature_lengths": lens}
 
 
 # --------------------------------------------------------------------------- words
@@ -196,40 +127,30 @@ class WordDecoding:
     train files if ``data_root`` has none of them), so a model trained on some
     sessions is decoded with the language its training run had.
 
-    ``lm_dir``: where to build the ARPA file if the training run's own (beside
-    the checkpoint, ``RUN_DIR/lm/``) does not fit: another data root, or other
-    ``lm_order`` / ``extra_vocabulary`` settings.
+    The LM file is looked up first in the training run's own cache (beside the
+    checkpoint, ``RUN_DIR/lm/``), by the hash of what builds it; if another data
+    root or other ``lm_order`` / ``extra_vocabulary`` settings make it a
+    different LM, it is built in ``lm_dir``.
     """
 
     def __init__(self, loaded: LoadedModel, data_root: str | Path, lm_dir: str | Path,
                  overrides: Mapping[str, Any] | None = None):
-        from mode_ssm.training.data import word_decoder_resources
-
         self.settings = loaded.decoding(overrides)
-        trained = loaded.decoding()
-        run_lm_dir = loaded.path.resolve().parent.parent / "lm"
-        same_data = loaded.trained_data_root is not None and \
-            Path(data_root).resolve() == loaded.trained_data_root.resolve()
-        same_lm = all(self.settings[k] == trained[k] for k in ("lm_order", "extra_vocabulary"))
-        candidate = run_lm_dir / f"train_{self.settings['lm_order']}gram.arpa"
-        self.lm_dir = run_lm_dir if same_data and same_lm and candidate.is_file() else Path(lm_dir)
-        # the text of the sessions the model trained on, as training built it (data.max_sessions included)
+        # the text of the sessions the model trained on, as training read it (data.max_sessions included)
         trained_sessions = [s for s in loaded.day_index.sessions if (Path(data_root) / s / "data_train.hdf5").exists()]
-        train = T15Split(data_root, "train", day_index=loaded.day_index, validate="metadata",
-                         num_channels=loaded.num_channels, sessions=trained_sessions or None)
-        self.lexicon, self.lm_path = word_decoder_resources(self.settings, train, self.lm_dir)
+        sentences = train_sentences(data_root, trained_sessions or None, loaded.day_index)
+        run_lm_dir = loaded.path.resolve().parent.parent / "lm"
+        _, cached = word_resources(self.settings, sentences, run_lm_dir, build=False)
+        self.lm_dir = run_lm_dir if cached.is_file() else Path(lm_dir)
+        self.lexicon, self.lm_path = word_resources(self.settings, sentences, self.lm_dir)
         self._index = None
 
     def decoder(self, **overrides: Any):
         """A flashlight :class:`~mode_ssm.decoding.lexicon_decoder.WordDecoder` (``overrides``: lm_weight, ...)."""
-        from mode_ssm.training.data import make_word_decoder
-
         return make_word_decoder(self.settings, self.lexicon, self.lm_path, **overrides)
 
     @property
     def pronunciation_index(self):
-        from mode_ssm.decoding.lexicon_decoder import PronunciationIndex
-
         if self._index is None:
             self._index = PronunciationIndex(self.lexicon)
         return self._index
@@ -246,7 +167,7 @@ class RNNTSettings:
 def make_search(
     name: str, loaded: LoadedModel, words: WordDecoding | None, rnnt: RNNTSettings | None = None
 ) -> tuple[Search | None, Any | None]:
-    """(search, word_decoder) for :func:`mode_ssm.evaluation.decode_split` by decoder name.
+    """(search, word_decoder) for :func:`mode_ssm.runtime.decode.decode_split` by decoder name.
 
     - ``ctc_lm``: CTC greedy phonemes, words from the lexicon + n-gram beam search (training's val/wer).
     - ``ctc_greedy``: CTC greedy phonemes, each boundary-separated chunk mapped to its nearest word (no LM).
@@ -262,9 +183,6 @@ def make_search(
         return None, words.decoder()
     index = words.pronunciation_index if words is not None else None
     if name == "ctc_greedy":
-        from mode_ssm.decoding.ctc import ctc_greedy
-        from mode_ssm.decoding.lexicon_decoder import greedy_words
-
         def ctc_greedy_search(out, log_probs, lengths):
             ids = ctc_greedy(log_probs, lengths)
             sentences = [" ".join(greedy_words(i, index)) for i in ids] if index is not None else None
@@ -274,8 +192,6 @@ def make_search(
     if not loaded.has_rnnt:
         raise ValueError(f"decoder={name} needs an RNN-T head; {loaded.path} holds a "
                          f"{type(loaded.model).__name__} without one (use ctc_lm or ctc_greedy)")
-    from mode_ssm.decoding.rnnt_search import NbestWordScorer, rnnt_beam_search, rnnt_greedy_search
-
     rnnt = rnnt or RNNTSettings()
     head = loaded.model.rnnt
     scorer = None
@@ -423,8 +339,6 @@ def word_search_grid(
     The model ran once (``decode_split(..., keep_log_probs=True)``); only the word search is repeated.
     Returns one record per setting, in grid order: the setting, wer (fraction), word errors, seconds.
     """
-    from mode_ssm.metrics import word_error_rate
-
     labelled = [r for r in rows if r.get("true_sentence") is not None]
     if not labelled:
         raise ValueError("no labelled trials to tune on (the test split has no sentences)")
@@ -443,3 +357,52 @@ def word_search_grid(
                 out.append({"lm_weight": float(lm_weight), "word_score": float(word_score), "beam": int(beam),
                             "wer": wer, "word_errors": errors, "words": n_words, "seconds": seconds})
     return out
+
+
+# --------------------------------------------------------------------------- the sequence every job runs
+
+
+@dataclass
+class Prepared:
+    """A checkpoint, a split and a search, ready to decode (what :func:`prepare` returns)."""
+
+    loaded: LoadedModel
+    data_root: Path
+    data: T15Split
+    words: WordDecoding
+    search: Search | None
+    word_decoder: Any | None
+    tta: TTAConfig
+    batch_size: int
+    unseen: str
+    amp: bool
+
+    def decode(self, log: Callable[[str], None] | None = None, keep_log_probs: bool = False) -> DecodeResult:
+        return decode_trials(self.loaded, self.data, search=self.search, word_decoder=self.word_decoder,
+                             tta=self.tta, batch_size=self.batch_size, unseen=self.unseen, amp=self.amp,
+                             keep_log_probs=keep_log_probs, log=log)
+
+
+def prepare(cfg: Any, launch_dir: str | Path, split: str, work_dir: str | Path, *,
+            decoder: str | None = None, validate: str | None = None) -> Prepared:
+    """Load ``cfg.checkpoint``, open ``split`` of the data root, build the word decoder and the search.
+
+    ``cfg`` is an evaluate / make_submission / tune_decoder config (checkpoint, device,
+    torch_threads, data, decoding, tta, batch_size, unseen_sessions, amp, and rnnt
+    for the RNN-T decoders). The LM is built in ``work_dir/lm`` unless the training
+    run's own fits. ``decoder`` defaults to ``cfg.decoder``; ``validate`` to the
+    checkpoint's training setting.
+    """
+    launch_dir = Path(launch_dir)
+    torch.set_num_threads(int(cfg.torch_threads))
+    tta = TTAConfig.from_mapping(config_dict(cfg.tta))
+    loaded = load_model(launch_dir / Path(str(cfg.checkpoint)).expanduser(), pick_device(str(cfg.device)))
+    data_root = resolve_data_root(cfg.data.get("data_root"), loaded, launch_dir)
+    if validate is None:
+        validate = cfg.data.get("validate") or loaded.config.get("data", {}).get("validate", "full")
+    data = open_split(loaded, data_root, split, validate, cfg.data.get("on_bad_session", "error"))
+    words = WordDecoding(loaded, data_root, Path(work_dir) / "lm", config_dict(cfg.decoding))
+    decoder = decoder or str(cfg.decoder)
+    search, word_decoder = make_search(decoder, loaded, words, RNNTSettings(**config_dict(cfg.get("rnnt"))))
+    return Prepared(loaded, data_root, data, words, search, word_decoder, tta, int(cfg.batch_size),
+                    str(cfg.unseen_sessions), bool(cfg.amp) and loaded.device.type == "cuda")

@@ -27,7 +27,7 @@ and adapting it cost WER on ``bench`` (README). Up to three steps per session:
    take CTC steps towards those pseudo-targets on the same parameters;
    ``self_train_rounds`` repeats decode -> train. It needs transcripts much
    better than the network's own phonemes; at ~50% WER it does not help
-   (README). :func:`mode_ssm.inference.decode_trials` cross-fits it over
+   (README). :func:`mode_ssm.evaluation.pipeline.decode_trials` cross-fits it over
    ``self_train_folds`` folds so no trial is decoded by a model fitted to its
    own pseudo-label.
 
@@ -45,11 +45,13 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import editdistance
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mode_ssm.data.augment import length_mask
 from mode_ssm.data.t15 import count_adjacent_repeats
-from mode_ssm.losses import ctc_loss_per_token
+from mode_ssm.decoding.ctc import ctc_greedy
+from mode_ssm.models.losses import ctc_loss_per_token
 
 PARAM_GROUPS = ("day_layer", "day_bias", "gates", "norms")
 TTA_SESSIONS = ("unseen", "all")
@@ -57,7 +59,7 @@ TTA_SESSIONS = ("unseen", "all")
 
 @dataclass
 class TTAConfig:
-    """``configs/evaluate.yaml`` ``tta:`` section."""
+    """The ``tta`` config group (configs/tta/default.yaml)."""
 
     enabled: bool = False
     sessions: str = "unseen"  # which sessions adapt: "unseen" (decoded with a borrowed day layer) or "all"
@@ -114,16 +116,14 @@ class TTAConfig:
 def tta_settings(
     config_file: str | Path, overrides: Sequence[str] = (), defaults: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The ``tta:`` section of a config file (e.g. configs/evaluate.yaml) as a dict, for :meth:`TTAConfig.from_mapping`.
+    """A ``tta`` config group file (e.g. configs/tta/default.yaml) as a dict, for :meth:`TTAConfig.from_mapping`.
 
     ``defaults`` replace the file's values; ``overrides`` (``key=value`` strings, as on a command
     line) replace both.
     """
-    from omegaconf import OmegaConf
-
-    section = OmegaConf.load(config_file).get("tta")
-    if section is None:
-        raise ValueError(f"{config_file}: no tta section")
+    section = OmegaConf.load(config_file)
+    if not isinstance(section, DictConfig) or not section:
+        raise ValueError(f"{config_file}: not a tta settings file (a mapping such as configs/tta/default.yaml)")
     settings = {**OmegaConf.to_container(section), **dict(defaults or {})}  # type: ignore[dict-item]
     for item in overrides:
         if "=" not in item:
@@ -307,8 +307,6 @@ def lm_pseudo_labels(
     boundary after each word); it is kept when edit distance(greedy CTC phonemes, transcript
     phonemes) / transcript length <= ``max_disagreement`` and it fits the trial's frames.
     """
-    from mode_ssm.decoding.ctc import ctc_greedy
-
     model.eval()
     kept: list[dict[str, Any]] = []
     seen = 0
@@ -417,7 +415,7 @@ def adapted_to_session(
 
     ``prepare(raw batches)`` gives what the adapted model reads (the session's whitening,
     then the evaluation transform): decode the adaptation trials themselves, or other
-    trials of the session (the held-out fold of :func:`mode_ssm.inference.decode_trials`).
+    trials of the session (the held-out fold of :func:`mode_ssm.evaluation.pipeline.decode_trials`).
 
     Args:
         raw_batches: the trials to adapt on, before any input transform (fresh iterator per call).

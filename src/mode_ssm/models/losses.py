@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from mode_ssm.models.rnnt_loss import rnnt_loss
 from mode_ssm.phonemes import BLANK
 
-LOSS_NAMES = ("ctc", "rnnt", "mode", "denoise")
+LOSS_NAMES = ("ctc", "rnnt", "mode", "denoise")  # as mode_ssm.training.curriculum.LOSS_NAMES
 
 
 def ctc_loss_per_token(
@@ -84,10 +85,11 @@ def compute_losses(
     if w["rnnt"]:
         if getattr(model, "rnnt", None) is None:
             raise ValueError(f"rnnt weight {w['rnnt']} but {type(model).__name__} has no RNN-T head")
-        from mode_ssm.models.rnnt_loss import rnnt_loss
-
         trimmed = trim_targets(targets, target_lengths)
-        joint = model.rnnt(outputs["head_features"], trimmed)
+        # training computes the joint inside the model's forward (``rnnt_targets``), as DDP needs
+        joint = outputs.get("rnnt_joint")
+        if joint is None:
+            joint = model.rnnt(outputs["head_features"], trimmed)
         losses["rnnt"] = rnnt_loss(
             joint.float(), trimmed, out_lengths, target_lengths, blank=BLANK, reduction="mean_per_token"
         )
@@ -104,7 +106,9 @@ def compute_losses(
     if w["denoise"]:
         if getattr(model, "flow_bridge", None) is None:
             raise ValueError(f"denoise weight {w['denoise']} but {type(model).__name__} has no flow bridge")
-        losses["denoise"] = model.flow_bridge.loss(outputs["conditioned_features"], out_lengths)
+        denoise = outputs.get("denoise_loss")
+        losses["denoise"] = denoise if denoise is not None else \
+            model.flow_bridge.loss(outputs["conditioned_features"], out_lengths)
 
     computed = {k: v for k, v in losses.items() if v is not None}
     nonfinite = [k for k, v in computed.items() if not math.isfinite(float(v.detach()))]

@@ -16,34 +16,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from mode_ssm.atomic import atomic_open, remove_stale_temporaries  # noqa: F401  (re-exported for the trainer)
+
 
 class CheckpointError(RuntimeError):
     pass
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete temporary files left by a process killed while saving (the checkpoints themselves are intact)."""
-    folder = Path(folder)
-    stale = list(folder.glob(".*.tmp-*")) if folder.is_dir() else []
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
+    """Write ``state`` atomically: a crash while saving leaves the previous file intact."""
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""Decode a split and score it: the one function training (val/*, train/wer) and evaluation share.
+"""Model outputs -> search -> per-trial rows: the one decode function training and evaluation share.
 
-Per-trial rows are gathered across data-parallel ranks before anything is
-aggregated, so metrics cover the whole split, and aggregates follow the official
-scoring: total edit distance over total reference length.
+Training's val/* and train/wer, ``scripts/evaluate.py``, ``make_submission.py``
+and ``tune_decoder.py`` all decode through :func:`decode_split`; the rows are
+aggregated by :func:`mode_ssm.metrics.summarize` (the official scoring: total
+edit distance over total reference length). Rows are gathered across
+data-parallel ranks before anything is aggregated, so metrics cover the whole split.
 """
 
 from __future__ import annotations
@@ -11,17 +13,13 @@ import contextlib
 from typing import Any, Callable, Iterable
 
 import editdistance
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mode_ssm.decoding.ctc import ctc_greedy
 from mode_ssm.phonemes import ids_to_string
 from mode_ssm.text import normalize_sentence
-from mode_ssm.training.distributed import DistContext, gather_objects
-
-MODE_NAMES = ("vocalized", "silent")
-
+from mode_ssm.runtime.distributed import DistContext, gather_objects
 
 def autocast_for(device: torch.device, amp: bool):
     if amp and device.type == "cuda":
@@ -52,7 +50,7 @@ def decode_split(
 
     By default phonemes are CTC greedy and sentences come from ``word_decoder``;
     ``search`` replaces both (e.g. RNN-T search, see scripts/evaluate.py), so
-    every decoder is scored by the same rows and :func:`summarize`.
+    every decoder is scored by the same rows and :func:`mode_ssm.metrics.summarize`.
     ``keep_log_probs`` adds each trial's CTC log-probabilities (T', 41) as
     ``row["log_probs"]`` so word search can be re-run without the model.
     """
@@ -88,6 +86,7 @@ def decode_split(
                 "mode_pred": mode_pred[i] if mode_pred is not None else None,
                 "mode_truth": int(batch["speaking_mode"][i]),
                 "source": batch["sources"][i],  # file:trial key, to put rows back in file order
+                "flags": ";".join(batch["flags"][i]) if "flags" in batch else "",
             }
             if keep_log_probs:
                 row["log_probs"] = log_probs[i, : int(out_lengths[i])].cpu().numpy()
@@ -106,44 +105,3 @@ def decode_split(
                     row.update(word_errors=editdistance.eval(ref_words, hyp_words), n_words=len(ref_words))
             rows.append(row)
     return gather_objects(ctx, rows)
-
-
-def summarize(rows: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Aggregate metrics of labelled rows: loss per token, PER, WER, accuracies (fractions)."""
-    out: dict[str, float | None] = {"n_trials": float(len(rows))}
-    n_ph = sum(r.get("n_phonemes", 0) for r in rows)
-    if n_ph:
-        out["loss"] = sum(r["ctc_loss"] for r in rows) / n_ph
-        out["per"] = sum(r["phoneme_errors"] for r in rows) / n_ph
-        out["phoneme_accuracy"] = max(0.0, 1.0 - out["per"])
-    n_w = sum(r.get("n_words", 0) for r in rows if "word_errors" in r)
-    if n_w:
-        out["wer"] = sum(r["word_errors"] for r in rows if "word_errors" in r) / n_w
-    known = [r for r in rows if r["mode_truth"] >= 0 and r["mode_pred"] is not None]
-    out["mode_accuracy"] = float(np.mean([r["mode_pred"] == r["mode_truth"] for r in known])) if known else None
-    out["mode_accuracy_block"] = block_mode_accuracy(known)
-    return out
-
-
-def block_mode_accuracy(rows: list[dict[str, Any]]) -> float | None:
-    """Fraction of blocks whose majority-vote trial prediction equals the block's true mode.
-
-    The mode is constant within a block, so a block is the unit a user would
-    label; a tie counts as wrong. Rows with unknown truth (-1) are ignored.
-    """
-    votes: dict[tuple[str, int], list[int]] = {}
-    truth: dict[tuple[str, int], int] = {}
-    for r in rows:
-        if r["mode_truth"] < 0 or r["mode_pred"] is None:
-            continue
-        key = (r["session"], r["block"])
-        votes.setdefault(key, []).append(int(r["mode_pred"]))
-        truth[key] = int(r["mode_truth"])
-    if not votes:
-        return None
-    correct = 0
-    for key, preds in votes.items():
-        counts = np.bincount(preds, minlength=len(MODE_NAMES))
-        winner = int(counts.argmax())
-        correct += int(counts[winner] * 2 > len(preds) and winner == truth[key])
-    return correct / len(votes)

@@ -19,7 +19,11 @@ from typing import Any, Mapping, Sequence
 
 import h5py
 
+from mode_ssm.atomic import atomic_open
 from mode_ssm.data.t15 import find_sessions
+from mode_ssm.decoding.lexicon_decoder import greedy_words
+from mode_ssm.evaluation.pipeline import prepare
+from mode_ssm.evaluation.reports import phoneme_ids
 from mode_ssm.text import normalize_sentence
 
 HEADER = ("id", "text")
@@ -112,11 +116,11 @@ def write_submission(
                               "give every trial some text")
     path = Path(csv_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="ascii") as f:
+    with atomic_open(path, "w", newline="", encoding="ascii") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(HEADER)
         writer.writerows((t.id, clean_text(text)) for t, text in zip(trials, texts))
-    with open(manifest_path(path), "w", newline="", encoding="ascii") as f:
+    with atomic_open(manifest_path(path), "w", newline="", encoding="ascii") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(MANIFEST_HEADER)
         writer.writerows((t.id, t.session, "" if t.block is None else t.block, "" if t.trial is None else t.trial,
@@ -207,9 +211,6 @@ def fill_empty(
     costs no more, and some scorers reject empty fields. Returns
     (texts, rows given greedy words, rows given the fallback).
     """
-    from mode_ssm.decoding.lexicon_decoder import greedy_words
-    from mode_ssm.reports import phoneme_ids
-
     if not normalize_sentence(fallback_text):
         raise ValueError(f"fallback_text {fallback_text!r} is empty after normalisation")
     texts, n_greedy, n_fallback = [], 0, 0
@@ -227,14 +228,6 @@ def fill_empty(
 
 def make_submission(cfg: Any, launch_dir: str | Path, console: Any | None = None) -> dict[str, Any]:
     """``scripts/make_submission.py``: decode every test trial and write a validated submission CSV."""
-    import torch
-
-    from mode_ssm.inference import (
-        RNNTSettings, WordDecoding, config_dict, decode_trials, load_model, make_search, open_split, pick_device,
-        resolve_data_root,
-    )
-    from mode_ssm.tta import TTAConfig
-
     launch_dir = Path(launch_dir)
     say = console.print if console is not None else (lambda *_: None)
     output = launch_dir / Path(str(cfg.output)).expanduser()
@@ -244,24 +237,16 @@ def make_submission(cfg: Any, launch_dir: str | Path, console: Any | None = None
         n = validate_submission(output, launch_dir / Path(str(cfg.data.data_root)).expanduser())
         say(f"{output}: valid submission, {n} rows")
         return {"rows": n, "output": output}
-    torch.set_num_threads(int(cfg.torch_threads))
-    tta = TTAConfig.from_mapping(config_dict(cfg.tta))
-    loaded = load_model(launch_dir / Path(str(cfg.checkpoint)).expanduser(), pick_device(str(cfg.device)))
-    data_root = resolve_data_root(cfg.data.data_root, loaded, launch_dir)
+    job = prepare(cfg, launch_dir, "test", launch_dir / Path(str(cfg.work_dir)), validate="none")
+    data_root, data = job.data_root, job.data
     trials = read_test_trials(data_root)
-    data = open_split(loaded, data_root, "test", validate="none")
     if len(data) != len(trials):
         raise SubmissionError(f"{data_root}: only {len(data)} of {len(trials)} test trials can be read, and every "
                               f"one needs a row:\n{data.report.summary()}")
-    work_dir = launch_dir / Path(str(cfg.work_dir))
-    words = WordDecoding(loaded, data_root, work_dir / "lm", config_dict(cfg.decoding))
-    search, word_decoder = make_search(cfg.decoder, loaded, words, RNNTSettings(**config_dict(cfg.rnnt)))
     say(f"decoding {len(data)} test trials of {data_root} with {cfg.decoder}"
-        + (f" and test-time adaptation {tta.to_dict()}" if tta.enabled else ""))
-    result = decode_trials(loaded, data, search=search, word_decoder=word_decoder, tta=tta,
-                           batch_size=int(cfg.batch_size), unseen=cfg.unseen_sessions,
-                           amp=bool(cfg.amp) and loaded.device.type == "cuda", log=say)
-    texts, n_greedy, n_fallback = fill_empty(result.rows, words.pronunciation_index, str(cfg.fallback_text))
+        + (f" and test-time adaptation {job.tta.to_dict()}" if job.tta.enabled else ""))
+    result = job.decode(log=say)
+    texts, n_greedy, n_fallback = fill_empty(result.rows, job.words.pronunciation_index, str(cfg.fallback_text))
     write_submission(texts, trials, output, result.rows)
     n = validate_submission(output, data_root)
     unseen = [s for s, d in result.days.items() if not d.exact]

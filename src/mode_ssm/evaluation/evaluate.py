@@ -1,0 +1,66 @@
+"""``scripts/evaluate.py``: decode a split with a checkpoint, write the report, log it to W&B (offline by default)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mode_ssm.atomic import write_text
+from mode_ssm.evaluation.pipeline import config_dict, prepare
+from mode_ssm.evaluation.reports import write_report
+from mode_ssm.runtime.tracking import start_tracker
+
+
+def run_evaluation(cfg: Any, launch_dir: str | Path, console: Any | None = None) -> dict[str, Any]:
+    """``scripts/evaluate.py``: decode a split with a checkpoint and write the report (see configs/evaluate.yaml)."""
+    launch_dir = Path(launch_dir)
+    if cfg.split not in ("val", "test"):
+        raise ValueError(f"split must be val or test, got {cfg.split!r}")
+    out_dir = launch_dir / Path(str(cfg.output_dir))
+    labelled = cfg.split != "test"
+    # every test trial needs a prediction, so nothing is validated away there
+    job = prepare(cfg, launch_dir, cfg.split, out_dir, validate=None if labelled else "none")
+    loaded, data, tta = job.loaded, job.data, job.tta
+    if cfg.get("flow_bridge") is not None:
+        bridge = getattr(loaded.model, "flow_bridge", None)
+        if bridge is None:
+            raise ValueError(f"flow_bridge={cfg.flow_bridge} but {loaded.path} holds a "
+                             f"{type(loaded.model).__name__} without a flow bridge")
+        bridge.enabled = bool(cfg.flow_bridge)
+    data_root = job.data_root
+    say = console.print if console is not None else (lambda *_: None)
+    say(f"decoding {len(data)} {cfg.split} trials of {data_root} with {cfg.decoder}"
+        + (f" and test-time adaptation {tta.to_dict()}" if tta.enabled else ""))
+    result = job.decode(log=say)
+    unseen = [s for s, d in result.days.items() if not d.exact]
+    notes = [
+        f"checkpoint {loaded.path}; data {data_root}; split {cfg.split}; decoder {cfg.decoder}; "
+        f"TTA {'on ' + json.dumps(tta.to_dict()) if tta.enabled else 'off'}",
+        f"decoding took {result.seconds:.1f} s for {result.neural_seconds:.1f} s of neural data "
+        f"(real-time factor {result.real_time_factor:.4f}, {loaded.device.type}, {int(cfg.torch_threads)} thread(s))",
+    ]
+    notes += [f"session {s} was not in training: decoded with the {result.days[s].note}" for s in unseen]
+    report = write_report(
+        result.rows, out_dir, title=f"MODE-SSM evaluation ({cfg.split})", first_session=loaded.day_index.sessions[0],
+        day_notes={s: d.note for s, d in result.days.items()}, unseen=unseen, notes=notes, labelled=labelled,
+        phoneme_source="RNN-T " + cfg.decoder.split("_")[1] if cfg.decoder.startswith("rnnt") else "CTC greedy",
+        console=console,
+    )
+    metrics = {k: v for k, v in report["metrics"].items() if v is not None}
+    metrics.update(decode_seconds=result.seconds, neural_seconds=result.neural_seconds,
+                   real_time_factor=result.real_time_factor, unseen_sessions=unseen)
+    write_text(out_dir / "metrics.json", json.dumps({"metrics": metrics, "tta": result.tta}, indent=2, default=str))
+    tracker = start_tracker(cfg.wandb, out_dir, config_dict(cfg), launch_dir)
+    try:
+        tracker.summary({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+        for by, table in report["tables"].items():
+            cols = list(table[0]) if table else []
+            tracker.log_table(f"eval/by_{by}", cols, [[r.get(c) for c in cols] for r in table])
+        for key, path in report["paths"].items():
+            if str(path).endswith(".png"):
+                tracker.log_image(f"eval/{key}", path)
+    finally:
+        tracker.finish()
+    return {"metrics": metrics, "paths": report["paths"], "days": result.days, "rows": result.rows,
+            "out_dir": out_dir}

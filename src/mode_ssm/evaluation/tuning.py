@@ -1,0 +1,44 @@
+"""Tuning the word decoder on val: lm_weight x word_score x beam, with the model run once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from mode_ssm.atomic import write_text
+from mode_ssm.evaluation.pipeline import prepare, word_search_grid
+from mode_ssm.evaluation.reports import write_csv
+
+
+def tune(cfg: Any, launch_dir: str | Path, console: Any) -> list[dict]:
+    """``scripts/tune_decoder.py``: the model runs once over val, then the word search per grid setting."""
+    if cfg.split == "test":
+        raise ValueError("split=test has no labels to tune on; use val")
+    launch_dir = Path(launch_dir)
+    out_dir = launch_dir / Path(str(cfg.output_dir))
+    # CTC greedy phonemes; the word search is what the grid repeats, on the kept log-probabilities
+    job = prepare(cfg, launch_dir, cfg.split, out_dir, decoder="ctc_greedy")
+    loaded, data, words = job.loaded, job.data, job.words
+    result = job.decode(keep_log_probs=True)
+    console.print(f"model ran once over {len(data)} {cfg.split} trials in {result.seconds:.1f} s")
+    g = cfg.grid
+    grid = word_search_grid(result.rows, words, list(g.lm_weight), list(g.word_score), list(g.beam))
+    best = min(grid, key=lambda r: (r["wer"], r["seconds"]))
+    table = Table(title=f"word decoder grid on {cfg.split} ({grid[0]['words']} words)")
+    for col in ("lm_weight", "word_score", "beam", "WER %", "s / trial"):
+        table.add_column(col, justify="right")
+    for r in grid:
+        table.add_row(f"{r['lm_weight']:g}", f"{r['word_score']:g}", str(r["beam"]), f"{100 * r['wer']:.2f}",
+                      f"{r['seconds'] / len(result.rows):.4f}", style="bold green" if r is best else None)
+    console.print(table)
+    trained = loaded.decoding()
+    console.print(f"checkpoint's setting: lm_weight={trained['lm_weight']} word_score={trained['word_score']} "
+                  f"beam={trained['beam']}")
+    console.print(f"best: WER {100 * best['wer']:.2f}% with decoding.lm_weight={best['lm_weight']:g} "
+                  f"decoding.word_score={best['word_score']:g} decoding.beam={best['beam']}")
+    write_csv(grid, out_dir / "grid.csv")
+    write_text(out_dir / "best.json", json.dumps(best, indent=2))
+    return grid

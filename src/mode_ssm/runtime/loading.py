@@ -1,0 +1,93 @@
+"""Loading a trained model: what training, evaluation, submission and benchmarks share.
+
+:func:`load_model` checks that a file is a MODE-SSM training checkpoint and
+rebuilds the model exactly as trained (weights, day index, input smoothing,
+decoding settings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from mode_ssm.data.augment import Augmenter
+from mode_ssm.data.t15 import DayIndex
+from mode_ssm.models.build import build_model
+from mode_ssm.runtime.checkpoint import CheckpointError, load_checkpoint
+
+REQUIRED_KEYS = ("model", "model_config", "day_index", "config")
+
+
+@dataclass
+class LoadedModel:
+    """A trained model ready to decode, with what it was trained with."""
+
+    model: torch.nn.Module
+    day_index: DayIndex
+    config: dict[str, Any]  # the full resolved training config
+    path: Path
+    trained_data_root: Path | None
+    device: torch.device
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.config.get("preprocessor", {}).get("num_channels", 512))
+
+    @property
+    def has_rnnt(self) -> bool:
+        return getattr(self.model, "rnnt", None) is not None
+
+    def eval_augmenter(self) -> Augmenter:
+        """Only the input smoothing the model was trained with (what ``train=False`` applies)."""
+        aug = self.config.get("augmentation", {}) or {}
+        return Augmenter({k: aug[k] for k in ("smooth_std", "smooth_kernel_size") if k in aug})
+
+    def decoding(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The checkpoint's ``decoding`` settings with the non-null ``overrides`` applied."""
+        d = dict(self.config.get("decoding", {}) or {})
+        d.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        missing = [k for k in ("lm_order", "lm_weight", "word_score", "beam", "beam_size_token", "beam_threshold",
+                               "extra_vocabulary") if d.get(k) is None]
+        if missing:
+            raise CheckpointError(f"{self.path}: training config has no decoding.{missing[0]} (and none was given)")
+        return d
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a checkpoint written by ``scripts/train.py`` into an eval-mode model on ``device``."""
+    path = Path(path)
+    state = load_checkpoint(path, map_location="cpu")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a MODE-SSM checkpoint (holds a {type(state).__name__}, expected a dict)")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path}: not a MODE-SSM training checkpoint: missing {missing} (has {sorted(state)[:8]})"
+        )
+    try:
+        day_index = DayIndex.from_dict(state["day_index"])
+    except (ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: bad day index ({e})") from None
+    config = dict(state["config"])
+    model_cfg = dict(state["model_config"])
+    num_channels = int(model_cfg.pop("num_channels", model_cfg.get("n_channels", 512)))
+    n_channels = int(model_cfg.pop("n_channels", num_channels))
+    model_cfg.pop("n_days", None)
+    try:
+        model = build_model(model_cfg, n_days=len(day_index), n_channels=n_channels, num_channels=num_channels)
+        model.load_state_dict(state["model"])
+    except (ValueError, TypeError, RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes ({e})") from None
+    device = torch.device(device)
+    model.to(device).eval()
+    root = state.get("data_root")
+    return LoadedModel(model, day_index, config, path, Path(root) if root else None, device)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
