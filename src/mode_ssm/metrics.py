@@ -140,9 +140,11 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     tokens summed over trials) over every labelled row: a trial the model could
     not align (too few frames for its labels, an infinite CTC loss) still counts
     with all the errors its hypothesis makes. ``loss`` (CTC per token) covers the
-    alignable trials; ``n_unalignable`` counts the others.
+    alignable trials; ``n_unalignable`` counts the others, ``n_flagged`` the trials
+    the reader kept although they break a training rule (:func:`flag_counts`).
     """
-    out: dict[str, float | None] = {"n_trials": float(len(rows))}
+    out: dict[str, float | None] = {"n_trials": float(len(rows)),
+                                    "n_flagged": float(sum(bool(r.get("flags")) for r in rows))}
     labelled = [r for r in rows if "n_phonemes" in r]
     n_ph = sum(r["n_phonemes"] for r in labelled)
     if n_ph:
@@ -160,6 +162,15 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     out["mode_accuracy"] = float(np.mean([r["mode_pred"] == r["mode_truth"] for r in known])) if known else None
     out["mode_accuracy_block"] = block_mode_accuracy(known)
     return out
+
+
+def flag_counts(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Trials per training rule broken (``row["flags"]``, ";"-joined), for reports; a trial may count twice."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        for reason in filter(None, str(r.get("flags") or "").split(";")):
+            counts[reason] = counts.get(reason, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def block_mode_accuracy(rows: list[dict[str, Any]]) -> float | None:

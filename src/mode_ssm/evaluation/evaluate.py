@@ -9,6 +9,7 @@ from typing import Any
 from mode_ssm.atomic import write_text
 from mode_ssm.evaluation.pipeline import config_dict, prepare
 from mode_ssm.evaluation.reports import write_report
+from mode_ssm.metrics import flag_counts
 from mode_ssm.runtime.tracking import start_tracker
 
 
@@ -49,7 +50,8 @@ def run_evaluation(cfg: Any, launch_dir: str | Path, console: Any | None = None)
     )
     metrics = {k: v for k, v in report["metrics"].items() if v is not None}
     metrics.update(decode_seconds=result.seconds, neural_seconds=result.neural_seconds,
-                   real_time_factor=result.real_time_factor, unseen_sessions=unseen)
+                   real_time_factor=result.real_time_factor, unseen_sessions=unseen,
+                   flagged_by_reason=flag_counts(result.rows), skipped_unreadable=data.report.skipped_trials)
     write_text(out_dir / "metrics.json", json.dumps({"metrics": metrics, "tta": result.tta}, indent=2, default=str))
     tracker = start_tracker(cfg.wandb, out_dir, config_dict(cfg), launch_dir)
     try:

@@ -18,13 +18,13 @@ from rapidfuzz.distance import Levenshtein
 
 from mode_ssm.atomic import atomic_open, write_text
 from mode_ssm.data.blocks import session_date
-from mode_ssm.metrics import MODE_NAMES, summarize
+from mode_ssm.metrics import MODE_NAMES, flag_counts, summarize
 from mode_ssm.phonemes import BOUNDARY, CLASS_NAMES, NUM_CLASSES
 
 PREDICTION_COLUMNS = (
     "session", "block", "trial", "corpus", "day_layer", "speaking_mode", "predicted_mode",
     "true_sentence", "predicted_sentence", "word_errors", "words", "phoneme_errors", "phonemes",
-    "true_phonemes", "predicted_phonemes", "source",
+    "true_phonemes", "predicted_phonemes", "flags", "source",
 )  # fmt: skip
 GROUPINGS = ("session", "corpus", "speaking_mode")
 MODE_UNMEASURABLE = ("speaking-mode accuracy cannot be measured: this data records no speaking mode "
@@ -53,7 +53,7 @@ def prediction_records(
             "word_errors": r.get("word_errors", ""), "words": r.get("n_words", ""),
             "phoneme_errors": r.get("phoneme_errors", ""), "phonemes": r.get("n_phonemes", ""),
             "true_phonemes": r.get("true_phonemes", ""), "predicted_phonemes": r.get("predicted_phonemes", ""),
-            "source": r.get("source", ""),
+            "flags": r.get("flags", ""), "source": r.get("source", ""),
         })
     return out
 
@@ -271,6 +271,21 @@ def plot_confusions(counts: np.ndarray, path: str | Path, title: str = "phoneme 
 # --------------------------------------------------------------------------- the evaluation command
 
 
+def scoring_notes(rows: Sequence[Mapping[str, Any]], overall: Mapping[str, Any]) -> list[str]:
+    """What the report's figures cover: every trial, including those kept although flagged."""
+    out = [f"{len(rows)} trials decoded and scored: every readable trial of the split"]
+    flags = flag_counts(list(rows))
+    if flags:
+        out.append(f"{int(overall.get('n_flagged') or 0)} of them break a training rule and were kept "
+                   f"(see the flags column of predictions.csv): "
+                   + ", ".join(f"{k} {v}" for k, v in flags.items())
+                   + "; non-finite values were decoded as 0")
+    if overall.get("n_unalignable"):
+        out.append(f"{int(overall['n_unalignable'])} trial(s) have too few frames for CTC to align their labels: "
+                   "their errors count in PER and WER, and they are left out of the CTC loss only")
+    return out
+
+
 def write_report(
     rows: Sequence[Mapping[str, Any]],
     out_dir: str | Path,
@@ -295,6 +310,7 @@ def write_report(
     }
     notes = list(notes)
     overall = summarize(list(rows))
+    notes += scoring_notes(rows, overall)
     if not labelled:
         notes.append("no labels in this split (test): predictions only, no error rates")
         paths["summary_md"] = write_markdown(out_dir / "summary.md", title, {}, notes)

@@ -128,6 +128,7 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
                        rules="eval", **split_args)
     if ctx.is_main:
         print(train_set.report.summary())
+        print(val_set.report.summary())  # every readable val trial is scored; flagged ones are listed
     sampler = LengthBucketSampler(
         train_set.trial_lengths(), cfg.training.batch_size, shuffle=True, seed=cfg.seed,
         num_replicas=ctx.world_size, rank=ctx.rank,
