@@ -68,8 +68,7 @@ def train(data: Path, run_dir: Path, sessions: int, minutes: float, epochs: int)
         sys.executable, str(REPO / "scripts" / "train.py"), f"data.data_root={data}", f"data.max_sessions={sessions}",
         "data.validate=metadata", "model=mode_ssm_small", "training.batch_size=16",
         # the CTC stage only (TTA adapts what CTC decoding reads), `epochs` or the time budget
-        f"training.stages.0.epochs={epochs}", "training.stages.1.epochs=0", "training.stages.2.epochs=0",
-        "training.stages.3.epochs=0", f"training.time_budget_minutes={minutes}",
+        "curriculum=mode_ssm_ctc", f"training.stages.0.epochs={epochs}", f"training.time_budget_minutes={minutes}",
         "data.train_wer_trials=16", f"hydra.run.dir={run_dir}",
     ]
     print("training:", " ".join(cmd), flush=True)

@@ -29,8 +29,10 @@ def test_each_model_trains_its_own_curriculum():
     assert stages[1].loss_weights == {"ctc": 0.5, "rnnt": 0.5, "mode": 0.1, "denoise": 0.0}
     gru = check_config(train_config("model=gru_baseline"))
     assert [(s.name, s.components, s.active_losses) for s in gru] == [("ctc", GRU, ["ctc"])]
-    # a user may still choose: MODE-SSM trained with CTC alone needs only components it has
-    assert [s.name for s in check_config(train_config("curriculum=ctc"))] == ["ctc"]
+    # a user may still choose: MODE-SSM trained with CTC alone
+    only_ctc = check_config(train_config("curriculum=mode_ssm_ctc"))
+    assert [(s.name, s.active_losses) for s in only_ctc] == [("ctc_warmup", ["ctc"])]
+    assert "preprocessor" in only_ctc[0].components
 
 
 @pytest.mark.parametrize("overrides, message", [

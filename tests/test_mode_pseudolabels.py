@@ -69,13 +69,38 @@ def test_recovers_planted_modes_without_labels_from_energy():
     assert accuracy(labels, truth) >= 0.95
 
 
-def test_unlabelled_blocks_get_labels_and_lower_confidence():
+def test_unlabelled_blocks_get_labels_from_neural_statistics():
     keys, features, n_labels, truth = planted_blocks(seed=2, zscore_per_block=False, energy_ratio=0.7)
-    test_block = keys[0]
-    n_labels = [None if k == test_block else n for k, n in zip(keys, n_labels)]
+    # two blocks of each mode lose their labels: the median rate they get says nothing, energy must decide
+    unlabelled = {k for mode in (VOCALIZED, SILENT) for k in [k for k in truth if truth[k] == mode][:2]}
+    n_labels = [None if k in unlabelled else n for k, n in zip(keys, n_labels)]
     labels = pseudo_label_blocks(keys, features, n_labels)
     assert accuracy(labels, truth) >= 0.95
-    assert labels[test_block][0] in (VOCALIZED, SILENT)
+    assert {k: labels[k][0] for k in unlabelled} == {k: truth[k] for k in unlabelled}
+
+
+def test_ambiguous_block_gets_lower_confidence():
+    """A block whose speaking rate lies halfway between the two clusters' is not labelled with confidence."""
+    keys, features, n_labels, truth = planted_blocks(seed=2)
+    log_rates = {m: [] for m in (VOCALIZED, SILENT)}
+    for block, mode in truth.items():
+        trials = [i for i, k in enumerate(keys) if k == block]
+        log_rates[mode].append(np.log(sum(len(features[i]) for i in trials) / sum(n_labels[i] for i in trials)))
+    midway = np.exp((np.mean(log_rates[VOCALIZED]) + np.mean(log_rates[SILENT])) / 2)  # ~19.4 bins per label
+    rng = np.random.default_rng(2)
+    frames = np.diff(np.linspace(0, round(8 * 30 * midway), 9).round().astype(int))  # 8 trials of 30 labels
+    trials = [rng.normal(0, 1, (t, 32)) for t in frames]
+    stacked = np.concatenate(trials)
+    ambiguous = ("t15.2024.03.01", 0)
+    keys += [ambiguous] * 8
+    features += [((x - stacked.mean(0)) / stacked.std(0)).astype(np.float32) for x in trials]
+    n_labels += [30] * 8
+    labels = pseudo_label_blocks(keys, features, n_labels)
+    clear = np.array([labels[k][1] for k in truth])
+    assert accuracy({k: labels[k] for k in truth}, truth) >= 0.95
+    # about 0.5-0.7 for the midway block (seeds 0-7), ~1.0 for the planted ones
+    assert labels[ambiguous][1] < 0.75 and np.median(clear) > 0.99
+    assert labels[ambiguous][1] < np.median(clear) - 0.25
 
 
 def test_fit_gmm2_recovers_two_gaussians():

@@ -59,7 +59,11 @@ def test_greedy_and_beam_find_the_known_best_path():
     assert greedy.log_prob == pytest.approx(path_log_prob(ENC, joiner, [[1], [2], []]), abs=1e-9)
     beam = rnnt_beam_search(ENC, OneHotPredictor(), joiner, beam=4, max_symbols_per_frame=2)
     assert beam[0].ids == (1, 2)
-    assert beam[0].log_prob >= greedy.log_prob
+    # merged alignments: 1 on frame 0 and 2 on frame 1 or 2 (both on frame 0 fell out of the beam of 4)
+    kept = torch.tensor([path_log_prob(ENC, joiner, [[1], [2], []]), path_log_prob(ENC, joiner, [[1], [], [2]])],
+                        dtype=torch.float64)
+    assert beam[0].log_prob == pytest.approx(float(torch.logsumexp(kept, 0)), abs=1e-9)
+    assert beam[0].log_prob > greedy.log_prob + 5e-3
     assert [h.log_prob for h in beam] == sorted((h.log_prob for h in beam), reverse=True)
 
 
@@ -78,21 +82,23 @@ def test_beam_escapes_the_greedy_trap():
     assert beam[0].log_prob > greedy.log_prob + 3.0
 
 
+def predictor_output(predictor, ids):
+    """The predictor's output after the start symbol and ``ids``, stepped from scratch."""
+    state, out = None, None
+    for label in (0,) + ids:
+        out, state = predictor.step(torch.tensor([label]), state)
+    return out
+
+
 def enumerate_sequences(enc, predictor, joiner, max_symbols):
     """Every alignment of a tiny transducer: label sequence -> log of the summed probability."""
     totals: dict[tuple[int, ...], float] = {}
-
-    def log_probs(ids):
-        state, out = None, None
-        for label in (0,) + ids:
-            out, state = predictor.step(torch.tensor([label]), state)
-        return out
 
     def walk(t, ids, score, emitted):
         if t == enc.shape[0]:
             totals[ids] = torch.logaddexp(torch.tensor(totals.get(ids, -math.inf)), torch.tensor(score)).item()
             return
-        lp = torch.log_softmax(joiner.step(enc[t][None], log_probs(ids)), -1)[0]
+        lp = torch.log_softmax(joiner.step(enc[t][None], predictor_output(predictor, ids)), -1)[0]
         walk(t + 1, ids, score + float(lp[0]), 0)
         if emitted < max_symbols:
             for label in range(1, lp.shape[0]):
@@ -100,6 +106,20 @@ def enumerate_sequences(enc, predictor, joiner, max_symbols):
 
     walk(0, (), 0.0, 0)
     return totals
+
+
+def reference_greedy(enc, predictor, joiner, max_symbols):
+    """Greedy search written out step by step: (labels, log-probability of the path with its blanks)."""
+    ids, total = (), 0.0
+    for t in range(enc.shape[0]):
+        for s in range(max_symbols + 1):
+            lp = torch.log_softmax(joiner.step(enc[t][None], predictor_output(predictor, ids)), -1)[0]
+            label = int(lp.argmax()) if s < max_symbols else 0
+            total += float(lp[label])
+            if label == 0:
+                break
+            ids += (label,)
+    return ids, total
 
 
 @torch.no_grad()
@@ -115,9 +135,13 @@ def test_wide_beam_equals_brute_force_with_the_real_heads():
     assert [h.log_prob for h in hyps] == pytest.approx([v for _, v in best], abs=1e-6)
 
     greedy = rnnt_greedy_search(enc[None], None, predictor, joiner, max_symbols_per_frame=2)[0]
-    assert greedy.log_prob <= exact[greedy.ids] + 1e-9  # one path of that sequence
+    ids, log_prob = reference_greedy(enc, predictor, joiner, max_symbols=2)
+    assert greedy.ids == ids == (2, 2, 2, 2)  # two labels on a frame, then the forced blank
+    assert greedy.log_prob == pytest.approx(log_prob, abs=1e-5)
+    assert greedy.log_prob < exact[greedy.ids] - 1.0  # one path of that sequence, far from all of them
     narrow = rnnt_beam_search(enc, predictor, joiner, beam=2, max_symbols_per_frame=2)
-    assert narrow[0].log_prob >= greedy.log_prob - 1e-9
+    assert narrow[0].ids == best[0][0]
+    assert narrow[0].log_prob == pytest.approx(best[0][1], abs=1e-5)
 
 
 @torch.no_grad()

@@ -77,7 +77,7 @@ def plan_curriculum(stages: Any, components: Sequence[str], model_name: str) -> 
             if w and LOSS_COMPONENT[k] not in components:
                 raise CurriculumError(f"{where}: loss {k} needs the {LOSS_COMPONENT[k]}, which {model_name} lacks "
                                       f"(it has {list(components)}); pick a curriculum for this model, "
-                                      "e.g. curriculum=ctc")
+                                      "e.g. curriculum=baseline_ctc for the GRU")
         if not any(weights.values()):
             raise CurriculumError(f"{where}: every loss weight is 0, so the stage would train nothing")
         plan.append(Stage(name, int(epochs), tuple(dict.fromkeys(names)), weights))
