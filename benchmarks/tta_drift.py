@@ -89,7 +89,8 @@ def group_of(session: str, day, last_train: str) -> str:
 def decode_with_labelled_recalibration(loaded, split, adapt_split, word_decoder, steps: int = 60, lr: float = 3e-3):
     """Rows for ``split``; unseen sessions first fit their borrowed day layer to ``adapt_split``'s labels."""
     from mode_ssm.runtime.decode import decode_split
-    from mode_ssm.evaluation.pipeline import raw_batches, session_days, smoothed
+    from mode_ssm.data.augment import smoothed
+    from mode_ssm.evaluation.pipeline import raw_batches, session_days
     from mode_ssm.runtime.distributed import DistContext
     from mode_ssm.evaluation.tta import adaptable_parameters, ctc_steps, restored
 
@@ -130,7 +131,9 @@ def main() -> None:
 
     from mode_ssm.data.t15 import T15Split
     from mode_ssm.metrics import summarize
-    from mode_ssm.evaluation.pipeline import WordDecoding, decode_trials, load_model, make_search, open_split, session_days
+    from mode_ssm.evaluation.pipeline import decode_trials, open_split, session_days
+    from mode_ssm.evaluation.search import WordDecoding, make_search
+    from mode_ssm.runtime.loading import load_model
     from mode_ssm.evaluation.tta import TTAConfig, tta_settings
 
     data = simulate(args.root)

@@ -37,7 +37,9 @@ def pct(x: float | None) -> str:
 def evaluate(ckpt: Path, data_root: Path | None, n_late: int, tta_overrides: list[str]) -> dict:
     from mode_ssm.data.t15 import T15Split
     from mode_ssm.metrics import summarize
-    from mode_ssm.evaluation.pipeline import WordDecoding, decode_trials, load_model, make_search, open_split
+    from mode_ssm.evaluation.pipeline import decode_trials, open_split
+    from mode_ssm.evaluation.search import WordDecoding, make_search
+    from mode_ssm.runtime.loading import load_model
     from mode_ssm.evaluation.tta import TTAConfig, tta_settings
 
     loaded = load_model(ckpt)

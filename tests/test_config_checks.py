@@ -136,3 +136,14 @@ def test_use_cuda_kernel_true_fails_loudly_without_the_kernel():
     y = selective_scan(x, torch.ones(1, 8, 2), -torch.ones(2), torch.zeros(1, 8, 1, 3), torch.zeros(1, 8, 1, 3),
                        chunk_size=4, use_cuda_kernel="auto")
     assert y.shape == x.shape
+
+
+def test_minimum_bins_follow_each_models_own_output_lengths():
+    from mode_ssm.data.t15 import ctc_min_time_steps
+    from mode_ssm.models.build import MinimumBins
+
+    ssm = build_model(OmegaConf.load(REPO / "configs" / "model" / "mode_ssm_small.yaml"), n_days=1, n_channels=512)
+    gru = build_model(OmegaConf.load(REPO / "configs" / "model" / "gru_small.yaml"), n_days=1, n_channels=512)
+    for n in (1, 2, 7, 40):
+        assert MinimumBins(ssm)(n) == (n - 1) * 4 + 8  # stem kernel 8, downsample 4
+        assert MinimumBins(gru)(n) == ctc_min_time_steps(list(range(1, n + 1))) == (n - 1) * 4 + 14  # the official 14/4 patching

@@ -95,15 +95,10 @@ def test_evaluate_test_split_gives_predictions_only(tmp_path, tiny_data_root, ti
 
 
 def test_rnnt_decoders_and_tuning_share_the_evaluation_rows(tiny_data_root, tiny_checkpoint, tmp_path):
-    from mode_ssm.evaluation.pipeline import (
-        RNNTSettings,
-        WordDecoding,
-        decode_trials,
-        load_model,
-        make_search,
-        open_split,
-        word_search_grid,
-    )
+    from mode_ssm.evaluation.pipeline import decode_trials, open_split
+    from mode_ssm.evaluation.search import RNNTSettings, WordDecoding, make_search
+    from mode_ssm.evaluation.tuning import word_search_grid
+    from mode_ssm.runtime.loading import load_model
 
     loaded = load_model(tiny_checkpoint)
     data = open_split(loaded, tiny_data_root, "val")
@@ -135,7 +130,8 @@ def test_tune_decoder_command_line(workdir):
 
 
 def test_bad_inputs_are_named(tmp_path, tiny_data_root, tiny_checkpoint):
-    from mode_ssm.evaluation.pipeline import load_model, open_split
+    from mode_ssm.evaluation.pipeline import open_split
+    from mode_ssm.runtime.loading import load_model
 
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)

@@ -260,8 +260,12 @@ def test_configs_build_and_bad_keys_raise():
     assert (official.input_dropout, official.rnn_dropout, official.day_softsign) == (0.2, 0.4, True)
     gru_small = build_model(OmegaConf.load(CONFIGS / "gru_small.yaml"), n_days=2, n_channels=512)
     assert isinstance(gru_small, GRUBaseline)
-    paper = model_config(OmegaConf.load(CONFIGS / "mode_ssm.yaml"), n_days=45, n_channels=256)
+    paper_yaml = OmegaConf.to_container(OmegaConf.load(CONFIGS / "mode_ssm.yaml"))
+    paper = model_config(paper_yaml, n_days=45, n_channels=256)
     assert paper.n_days == 45 and paper.n_channels == 256
+    del paper_yaml["name"]
+    # every option of the file reaches the config (mode_ssm_small.yaml would not show it: it holds the defaults)
+    assert {k: getattr(paper, k) for k in paper_yaml} == paper_yaml
     fields = {f.name for f in dataclasses.fields(ModeSSMConfig)}
     assert fields >= set(OmegaConf.load(CONFIGS / "mode_ssm.yaml")) - {"name"}
     with pytest.raises(ValueError, match="d_modle"):

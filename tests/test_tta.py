@@ -142,7 +142,8 @@ def test_parameter_groups():
 def test_decode_trials_with_tta_leaves_the_model_as_loaded(tiny_data_root):
     from mode_ssm.data.t15 import DayIndex
     from mode_ssm.metrics import summarize
-    from mode_ssm.evaluation.pipeline import LoadedModel, decode_trials, open_split
+    from mode_ssm.evaluation.pipeline import decode_trials, open_split
+    from mode_ssm.runtime.loading import LoadedModel
 
     torch.manual_seed(0)
     day_index = DayIndex(("t15.2023.08.13", "t15.2023.08.18"))  # the later two sessions are unseen
@@ -198,7 +199,8 @@ class ScriptedModel(torch.nn.Module):
 
 def test_decode_trials_cross_fits_self_training_and_adapts_on_extra_trials(tiny_data_root):
     from mode_ssm.data.t15 import DayIndex
-    from mode_ssm.evaluation.pipeline import LoadedModel, decode_trials, open_split
+    from mode_ssm.evaluation.pipeline import decode_trials, open_split
+    from mode_ssm.runtime.loading import LoadedModel
 
     torch.manual_seed(0)
     model = build_model(TINY_MODEL, n_days=1, n_channels=512).eval()

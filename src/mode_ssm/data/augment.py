@@ -69,7 +69,8 @@ def random_time_cut(
     """Drop a random 0..max_cut bins from the start of each trial (uniform, per trial).
 
     A trial is never cut below ``min_lengths`` (B,) (default 1 bin); pass the CTC
-    minimum (:func:`mode_ssm.data.t15.ctc_min_time_steps`) to keep labels alignable.
+    minimum under the model's output lengths (training uses
+    :class:`mode_ssm.models.build.MinimumBins`) to keep labels alignable.
 
     features (B, T, C), lengths (B,) -> features (B, T', C) with T' = new longest trial, lengths (B,)
     """

@@ -11,10 +11,8 @@ session, and returns rows in file order for :func:`mode_ssm.metrics.summarize`.
   the model never saw uses its nearest earlier session's layer (drift grows
   with time, so the closest earlier day is the best guess), or a fresh
   identity layer (``unseen="identity"``) meant to be adapted by TTA.
-- :class:`WordDecoding` builds the lexicon and n-gram LM from the train
-  sentences of the sessions the model trained on, with
-  :func:`mode_ssm.decoding.words.word_resources` as training does, so
-  evaluation decodes with the vocabulary and LM that val/wer was measured with.
+- the searches (CTC + lexicon + n-gram, greedy, RNN-T) and the word decoder's
+  resources come from :mod:`mode_ssm.evaluation.search`.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,20 +28,14 @@ from omegaconf import OmegaConf
 
 from mode_ssm.data.augment import finite_features, smoothed
 from mode_ssm.data.batching import collate_trials
-from mode_ssm.data.sentences import train_sentences
 from mode_ssm.data.t15 import BIN_SECONDS, T15DataError, T15Split
-from mode_ssm.decoding.ctc import ctc_greedy
-from mode_ssm.decoding.lexicon_decoder import PronunciationIndex, greedy_words
-from mode_ssm.decoding.rnnt_search import NbestWordScorer, rnnt_beam_search, rnnt_greedy_search
-from mode_ssm.decoding.words import make_word_decoder, word_resources
 from mode_ssm.models.build import output_frames
+from mode_ssm.evaluation.search import RNNTSettings, WordDecoding, make_search
 from mode_ssm.evaluation.tta import TTAConfig, adapted_to_session, whiten_batches
-from mode_ssm.metrics import word_error_rate
 from mode_ssm.runtime.decode import Search, decode_split
 from mode_ssm.runtime.distributed import DistContext
 from mode_ssm.runtime.loading import LoadedModel, load_model, pick_device
 
-DECODERS = ("ctc_lm", "ctc_greedy", "rnnt_greedy", "rnnt_beam")
 UNSEEN_STRATEGIES = ("nearest", "identity")
 
 
@@ -115,105 +107,6 @@ def raw_batches(
         if day is not None:
             batch["day_index"] = torch.full_like(batch["day_index"], day)
         yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-# --------------------------------------------------------------------------- words
-
-
-class WordDecoding:
-    """The lexicon and LM of a checkpoint's word decoder, built from ``data_root``'s train sentences.
-
-    Only the train files of the sessions in the model's day index are read (all
-    train files if ``data_root`` has none of them), so a model trained on some
-    sessions is decoded with the language its training run had.
-
-    The LM file is looked up first in the training run's own cache (beside the
-    checkpoint, ``RUN_DIR/lm/``), by the hash of what builds it; if another data
-    root or other ``lm_order`` / ``extra_vocabulary`` settings make it a
-    different LM, it is built in ``lm_dir``.
-    """
-
-    def __init__(self, loaded: LoadedModel, data_root: str | Path, lm_dir: str | Path,
-                 overrides: Mapping[str, Any] | None = None):
-        self.settings = loaded.decoding(overrides)
-        # the text of the sessions the model trained on, as training read it (data.max_sessions included)
-        trained_sessions = [s for s in loaded.day_index.sessions if (Path(data_root) / s / "data_train.hdf5").exists()]
-        sentences = train_sentences(data_root, trained_sessions or None, loaded.day_index)
-        run_lm_dir = loaded.path.resolve().parent.parent / "lm"
-        _, cached = word_resources(self.settings, sentences, run_lm_dir, build=False)
-        self.lm_dir = run_lm_dir if cached.is_file() else Path(lm_dir)
-        self.lexicon, self.lm_path = word_resources(self.settings, sentences, self.lm_dir)
-        self._index = None
-
-    def decoder(self, **overrides: Any):
-        """A flashlight :class:`~mode_ssm.decoding.lexicon_decoder.WordDecoder` (``overrides``: lm_weight, ...)."""
-        return make_word_decoder(self.settings, self.lexicon, self.lm_path, **overrides)
-
-    @property
-    def pronunciation_index(self):
-        if self._index is None:
-            self._index = PronunciationIndex(self.lexicon)
-        return self._index
-
-
-@dataclass
-class RNNTSettings:
-    beam: int = 4
-    max_symbols_per_frame: int = 3
-    nbest: int = 4
-    mismatch_penalty: float = 1.0
-
-
-def make_search(
-    name: str, loaded: LoadedModel, words: WordDecoding | None, rnnt: RNNTSettings | None = None
-) -> tuple[Search | None, Any | None]:
-    """(search, word_decoder) for :func:`mode_ssm.runtime.decode.decode_split` by decoder name.
-
-    - ``ctc_lm``: CTC greedy phonemes, words from the lexicon + n-gram beam search (training's val/wer).
-    - ``ctc_greedy``: CTC greedy phonemes, each boundary-separated chunk mapped to its nearest word (no LM).
-    - ``rnnt_greedy``: RNN-T greedy phonemes, chunks to nearest words (no LM).
-    - ``rnnt_beam``: RNN-T beam search; its n-best mapped to words and reranked with the LM
-      (see :class:`mode_ssm.decoding.rnnt_search.NbestWordScorer`).
-    """
-    if name not in DECODERS:
-        raise ValueError(f"decoder must be one of {DECODERS}, got {name!r}")
-    if name == "ctc_lm":
-        if words is None:
-            raise ValueError("decoder=ctc_lm needs the word decoder's lexicon and LM")
-        return None, words.decoder()
-    index = words.pronunciation_index if words is not None else None
-    if name == "ctc_greedy":
-        def ctc_greedy_search(out, log_probs, lengths):
-            ids = ctc_greedy(log_probs, lengths)
-            sentences = [" ".join(greedy_words(i, index)) for i in ids] if index is not None else None
-            return ids, sentences
-
-        return ctc_greedy_search, None
-    if not loaded.has_rnnt:
-        raise ValueError(f"decoder={name} needs an RNN-T head; {loaded.path} holds a "
-                         f"{type(loaded.model).__name__} without one (use ctc_lm or ctc_greedy)")
-    rnnt = rnnt or RNNTSettings()
-    head = loaded.model.rnnt
-    scorer = None
-    if words is not None:
-        scorer = NbestWordScorer(
-            index, words.lm_path if name == "rnnt_beam" else None, lm_weight=float(words.settings["lm_weight"]),
-            word_score=float(words.settings["word_score"]), mismatch_penalty=rnnt.mismatch_penalty,
-        )
-
-    def transducer_search(out, log_probs, lengths):
-        enc = out["head_features"].float()
-        if name == "rnnt_greedy":
-            hyps = rnnt_greedy_search(enc, lengths, head.predictor, head.joiner, rnnt.max_symbols_per_frame)
-            nbests = [[h] for h in hyps]
-        else:
-            nbests = [rnnt_beam_search(enc[b, : int(lengths[b])], head.predictor, head.joiner, rnnt.beam,
-                                       rnnt.max_symbols_per_frame, rnnt.nbest) for b in range(enc.shape[0])]
-        ids = [list(n[0].ids) if n else [] for n in nbests]
-        sentences = [scorer.best_sentence(n) for n in nbests] if scorer is not None else None
-        return ids, sentences
-
-    return transducer_search, None
 
 
 # --------------------------------------------------------------------------- decoding a split
@@ -325,38 +218,6 @@ def resolve_data_root(value: str | None, loaded: LoadedModel, launch_dir: str | 
     if not root.is_dir():
         raise T15DataError(f"{root}: data root does not exist" + ("" if value else f" (recorded in {loaded.path})"))
     return root
-
-
-def word_search_grid(
-    rows: Sequence[Mapping[str, Any]],
-    words: WordDecoding,
-    lm_weights: Sequence[float],
-    word_scores: Sequence[float],
-    beams: Sequence[int],
-) -> list[dict[str, Any]]:
-    """WER of the lexicon + LM search for each (lm_weight, word_score, beam) on rows kept with log-probabilities.
-
-    The model ran once (``decode_split(..., keep_log_probs=True)``); only the word search is repeated.
-    Returns one record per setting, in grid order: the setting, wer (fraction), word errors, seconds.
-    """
-    labelled = [r for r in rows if r.get("true_sentence") is not None]
-    if not labelled:
-        raise ValueError("no labelled trials to tune on (the test split has no sentences)")
-    if any("log_probs" not in r for r in labelled):
-        raise ValueError("rows carry no log_probs: decode with keep_log_probs=True")
-    refs = [r["true_sentence"] for r in labelled]
-    out = []
-    for beam in beams:
-        for lm_weight in lm_weights:
-            for word_score in word_scores:
-                decoder = words.decoder(lm_weight=lm_weight, word_score=word_score, beam=beam)
-                started = time.perf_counter()
-                hyps = [(decoder.decode(r["log_probs"]) or [None])[0] for r in labelled]
-                seconds = time.perf_counter() - started
-                wer, errors, n_words = word_error_rate(refs, [h.sentence if h else "" for h in hyps])
-                out.append({"lm_weight": float(lm_weight), "word_score": float(word_score), "beam": int(beam),
-                            "wer": wer, "word_errors": errors, "words": n_words, "seconds": seconds})
-    return out
 
 
 # --------------------------------------------------------------------------- the sequence every job runs

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from rich.table import Table
 
 from mode_ssm.atomic import write_text
-from mode_ssm.evaluation.pipeline import prepare, word_search_grid
+from mode_ssm.evaluation.pipeline import prepare
 from mode_ssm.evaluation.reports import write_csv
+from mode_ssm.evaluation.search import WordDecoding
+from mode_ssm.metrics import word_error_rate
 
 
 def tune(cfg: Any, launch_dir: str | Path, console: Any) -> list[dict]:
@@ -42,3 +45,35 @@ def tune(cfg: Any, launch_dir: str | Path, console: Any) -> list[dict]:
     write_csv(grid, out_dir / "grid.csv")
     write_text(out_dir / "best.json", json.dumps(best, indent=2))
     return grid
+
+
+def word_search_grid(
+    rows: Sequence[Mapping[str, Any]],
+    words: WordDecoding,
+    lm_weights: Sequence[float],
+    word_scores: Sequence[float],
+    beams: Sequence[int],
+) -> list[dict[str, Any]]:
+    """WER of the lexicon + LM search for each (lm_weight, word_score, beam) on rows kept with log-probabilities.
+
+    The model ran once (``decode_split(..., keep_log_probs=True)``); only the word search is repeated.
+    Returns one record per setting, in grid order: the setting, wer (fraction), word errors, seconds.
+    """
+    labelled = [r for r in rows if r.get("true_sentence") is not None]
+    if not labelled:
+        raise ValueError("no labelled trials to tune on (the test split has no sentences)")
+    if any("log_probs" not in r for r in labelled):
+        raise ValueError("rows carry no log_probs: decode with keep_log_probs=True")
+    refs = [r["true_sentence"] for r in labelled]
+    out = []
+    for beam in beams:
+        for lm_weight in lm_weights:
+            for word_score in word_scores:
+                decoder = words.decoder(lm_weight=lm_weight, word_score=word_score, beam=beam)
+                started = time.perf_counter()
+                hyps = [(decoder.decode(r["log_probs"]) or [None])[0] for r in labelled]
+                seconds = time.perf_counter() - started
+                wer, errors, n_words = word_error_rate(refs, [h.sentence if h else "" for h in hyps])
+                out.append({"lm_weight": float(lm_weight), "word_score": float(word_score), "beam": int(beam),
+                            "wer": wer, "word_errors": errors, "words": n_words, "seconds": seconds})
+    return out

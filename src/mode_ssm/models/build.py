@@ -87,3 +87,30 @@ def output_frames(model: nn.Module):
         return int(model.output_lengths(torch.tensor([int(n_bins)]))[0])
 
     return frames
+
+
+class MinimumBins:
+    """The fewest input bins from which ``model`` emits at least ``n`` frames (cached per ``n``).
+
+    Bounds training's random time cut so a cut trial stays alignable by CTC under
+    this model's own output lengths (output frames never fall as bins grow).
+    """
+
+    def __init__(self, model: nn.Module, max_bins: int = 1 << 16):
+        self._frames = output_frames(model)
+        self._max = max_bins
+        self._cache: dict[int, int] = {}
+
+    def __call__(self, n_frames: int) -> int:
+        n_frames = max(int(n_frames), 1)
+        if n_frames not in self._cache:
+            lo, hi = 1, 1
+            while self._frames(hi) < n_frames:
+                if hi >= self._max:
+                    raise ValueError(f"no input of up to {self._max} bins gives {n_frames} frames")
+                lo, hi = hi + 1, hi * 2
+            while lo < hi:  # smallest hi with frames(hi) >= n_frames
+                mid = (lo + hi) // 2
+                lo, hi = (mid + 1, hi) if self._frames(mid) < n_frames else (lo, mid)
+            self._cache[n_frames] = hi
+        return self._cache[n_frames]

@@ -25,9 +25,11 @@ from torch.utils.data import DataLoader
 
 from mode_ssm.data.augment import Augmenter, smoothed
 from mode_ssm.data.batching import LengthBucketSampler, collate_trials
-from mode_ssm.data.t15 import DayIndex, T15Split, ctc_min_time_steps
+from mode_ssm.data.t15 import DayIndex, T15Split, count_adjacent_repeats
 from mode_ssm.metrics import summarize
-from mode_ssm.models.build import build_model, component_parameters, model_components, output_frames, set_trainable
+from mode_ssm.models.build import (
+    MinimumBins, build_model, component_parameters, model_components, output_frames, set_trainable,
+)
 from mode_ssm.models.losses import compute_losses, trim_targets
 from mode_ssm.runtime import distributed
 from mode_ssm.runtime.checkpoint import (
@@ -120,7 +122,8 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
         validate=cfg.data.validate, num_channels=num_channels,
     )
     # the CTC feasibility rule of this model's own output lengths (a 1-day twin: frames do not depend on days)
-    frames = output_frames(build_model(cfg.model, n_days=1, n_channels=num_channels, num_channels=num_channels))
+    twin = build_model(cfg.model, n_days=1, n_channels=num_channels, num_channels=num_channels)
+    frames, min_bins = output_frames(twin), MinimumBins(twin)
     train_set = T15Split(data_root, "train", day_index=day_index, output_frames=frames, **split_args)
     day_index = train_set.day_index
     # val is scored on every trial its files hold; the training rules only flag trials there
@@ -238,7 +241,8 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
                 for batch in train_loader:
                     t0 = time.perf_counter()
                     batch = move_batch(batch, ctx.device)
-                    min_len = torch.tensor([ctc_min_time_steps(p[:n].tolist()) for p, n in
+                    # the random cut keeps every trial alignable by CTC under this model's output lengths
+                    min_len = torch.tensor([min_bins(int(n) + count_adjacent_repeats(p[:n].tolist())) for p, n in
                                             zip(batch["phoneme_ids"].cpu(), batch["phoneme_lengths"].cpu())])
                     feats, lens = augmenter(batch["features"], batch["feature_lengths"], aug_generator, True,
                                             min_len.to(ctx.device))
