@@ -154,6 +154,7 @@ def test_noise_and_offset_respect_padding_and_are_seeded():
     for b, n in enumerate(lengths.tolist()):
         assert torch.allclose(delta[b, :n], delta[b, :1].expand(n, -1))  # one offset per channel, held over time
     assert not torch.allclose(delta[0, 0], delta[1, 0])  # a different offset per trial
+    assert abs(float(delta[:, 0].std()) - 0.2) < 0.06  # 64 offsets: std error about 0.018
 
 
 def test_random_cut_shifts_each_trial_and_respects_min_lengths():

@@ -148,6 +148,12 @@ def test_speaking_mode_only_in_its_attribute(root):
     assert set(modes) == {"vocalized", "silent"}
     by_mode = {m: {frozenset(t["attrs"]) for s in ("train", "val") for t in trials[s] if t["attrs"]["speaking_mode"] == m} for m in set(modes)}
     assert by_mode["vocalized"] == by_mode["silent"] == {frozenset(LABELLED_ATTRS)}
+    # and it is the mode the trial was simulated in: silent attempts run faster (~50 vs ~30 words/min)
+    labelled = [t["attrs"] for s in ("train", "val") for t in trials[s]]
+    bins_per_label = {m: np.median([a["n_time_steps"] / a["seq_len"] for a in labelled if a["speaking_mode"] == m]) for m in set(modes)}
+    assert bins_per_label["vocalized"] > 1.25 * bins_per_label["silent"], bins_per_label  # about 28.7 against 19.9
+    planned = {(t.session, t.block_num, t.trial_num): t.speaking_mode for t in make_plan(TINY, seed=0).trials()}
+    assert [a["speaking_mode"] for a in labelled] == [planned[a["session"], a["block_num"], a["trial_num"]] for a in labelled]
 
 
 def test_normalised_features_and_dead_channels(root):
