@@ -8,36 +8,16 @@ An ARPA file built with KenLM's lmplz or SRILM works with the decoder just as we
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
+from mode_ssm.data.sentences import train_sentences
+from mode_ssm.data.t15 import T15DataError
 from mode_ssm.decoding.ngram import build_lm_from_sentences
-
-
-def read_train_sentences(data_root: Path) -> list[str]:
-    """``sentence_label`` of every trial in ``t15.*/data_train.hdf5`` under ``data_root``, sessions in name order.
-
-    Kept minimal and in one place so the project's data reader can replace it.
-    """
-    import h5py
-
-    if not data_root.is_dir():
-        raise FileNotFoundError(f"data root {data_root} is not a folder; pass corpus=PATH or data_root=DIR")
-    files = sorted(data_root.glob("t15.*/data_train.hdf5"))
-    if not files:
-        raise FileNotFoundError(f"no t15.*/data_train.hdf5 under {data_root}")
-    sentences: list[str] = []
-    for path in files:
-        with h5py.File(path, "r") as f:
-            for name in sorted(f.keys()):
-                label = f[name].attrs.get("sentence_label")
-                if label is None:
-                    raise ValueError(f"{path}: trial {name} has no sentence_label attribute")
-                sentences.append(label.decode() if isinstance(label, bytes) else str(label))
-    return sentences
 
 
 def read_lines(path: Path, what: str) -> list[str]:
@@ -48,12 +28,22 @@ def read_lines(path: Path, what: str) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="build_lm")
 def main(cfg: DictConfig) -> None:
+    try:
+        build(cfg)
+    except (FileNotFoundError, T15DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def build(cfg: DictConfig) -> None:
     if cfg.corpus:
         source = Path(to_absolute_path(cfg.corpus))
         sentences = read_lines(source, "corpus")
     else:
         source = Path(to_absolute_path(cfg.data_root))
-        sentences = read_train_sentences(source)
+        if not source.is_dir():
+            raise FileNotFoundError(f"data root {source} is not a folder; pass corpus=PATH or data_root=DIR")
+        sentences = train_sentences(source)  # the sentences training and evaluation build their LM from
     extra = read_lines(Path(to_absolute_path(cfg.extra_words)), "extra_words") if cfg.extra_words else []
     output = Path(to_absolute_path(cfg.output))
 

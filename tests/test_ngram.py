@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
@@ -127,11 +126,12 @@ def test_bad_input_is_named(tmp_path):
 
 
 def test_build_lm_script_reads_train_sentences(tmp_path):
+    from mode_ssm.data.writer import TrialRecord, write_trials
+
     for session, sentences in [("t15.2023.08.11", ["Hello there.", "How are you?"]), ("t15.2023.08.13", ["Fine, thanks."])]:
-        (tmp_path / "data" / session).mkdir(parents=True)
-        with h5py.File(tmp_path / "data" / session / "data_train.hdf5", "w") as f:
-            for i, s in enumerate(sentences):
-                f.create_group(f"trial_{i:04d}").attrs["sentence_label"] = s
+        write_trials(tmp_path / "data" / session / "data_train.hdf5",
+                     [TrialRecord(np.zeros((40, 512), np.float32), session, 2, i, s, [1, 2, 40])
+                      for i, s in enumerate(sentences)])
     script = Path(__file__).resolve().parents[1] / "scripts" / "build_lm.py"
     result = subprocess.run(
         [sys.executable, str(script), "data_root=data", "order=2", "output=lm/out.arpa"],
