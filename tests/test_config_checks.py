@@ -46,6 +46,11 @@ def test_each_model_trains_its_own_curriculum():
     (["preprocessor.num_channels=300"], r"preprocessor.num_channels=300: must be one of \[256, 512\]"),
     (["+model.num_channels=256"], r"model.num_channels is not a model option.*preprocessor.num_channels"),
     (["+model.d_modle=64"], r"unknown key\(s\) \['model.d_modle'\]"),
+    (["model.norm=batch"], r"model=mode_ssm: norm must be one of"),
+    (["model.head_dim=30"], r"not a multiple of head_dim = 30"),
+    (["data.validate=fulll"], r"data.validate=.fulll.: must be one of \[.full., .metadata., .none.\]"),
+    (["device=gpu"], r"device=.gpu.: must be one of"),
+    (["training.stages.0.components=[rnnt]"], r"trains \[.rnnt.\], which none of its losses \[.ctc.\] reaches"),
 ])
 def test_bad_configurations_are_named(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -147,3 +152,30 @@ def test_minimum_bins_follow_each_models_own_output_lengths():
     for n in (1, 2, 7, 40):
         assert MinimumBins(ssm)(n) == (n - 1) * 4 + 8  # stem kernel 8, downsample 4
         assert MinimumBins(gru)(n) == ctc_min_time_steps(list(range(1, n + 1))) == (n - 1) * 4 + 14  # the official 14/4 patching
+
+
+def test_an_optimizer_state_saved_before_weight_decay_groups_resumes_into_them():
+    from mode_ssm.training.trainer import _regrouped
+
+    small = OmegaConf.load(REPO / "configs" / "model" / "mode_ssm_small.yaml")
+    model = build_model(OmegaConf.merge(small, {"d_model": 32, "head_dim": 16, "n_layers": 1}), n_days=1,
+                        n_channels=512)
+    params = [p for p in model.encoder.parameters()]
+    grads = [torch.randn_like(p) for p in params]
+
+    def step(opt):
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+
+    old = torch.optim.AdamW(params, lr=0.01, weight_decay=0.0)  # the layout checkpoints had before
+    step(old)
+    saved = old.state_dict()
+    new = torch.optim.AdamW(parameter_groups(model, params, 0.0), lr=0.01)
+    assert len(new.param_groups) == 2
+    new.load_state_dict(_regrouped(saved, new, params))
+    for p in params:  # every parameter found its own moments again
+        assert torch.equal(new.state[p]["exp_avg"], old.state[p]["exp_avg"])
+        assert torch.equal(new.state[p]["exp_avg_sq"], old.state[p]["exp_avg_sq"])
+    assert _regrouped(new.state_dict(), new, params)["param_groups"][0]["params"] == \
+        new.state_dict()["param_groups"][0]["params"]  # the current layout passes through

@@ -12,7 +12,7 @@ from torch import nn
 from mode_ssm.models.gru_baseline import GRUBaseline, GRUBaselineConfig
 from mode_ssm.models.mode_ssm import ModeSSM, ModeSSMConfig, component_parameters, set_trainable
 
-__all__ = ["build_model", "model_config", "model_components", "output_frames", "component_parameters", "set_trainable"]
+__all__ = ["build_model", "model_config", "model_components", "model_loss_reach", "output_frames", "MinimumBins", "component_parameters", "set_trainable"]
 
 _MODELS = {"mode_ssm": (ModeSSM, ModeSSMConfig), "gru_baseline": (GRUBaseline, GRUBaselineConfig)}
 
@@ -79,6 +79,13 @@ def model_components(cfg_model: Mapping[str, Any], num_channels: int | None = No
     config = model_config(cfg_model, n_days=1, n_channels=512, num_channels=num_channels)
     model_cls = next(m for m, c in _MODELS.values() if isinstance(config, c))
     return model_cls.components_of(config)
+
+
+def model_loss_reach(cfg_model: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Loss name -> the components its gradient reaches, for a model built from ``cfg_model``."""
+    config = model_config(cfg_model, n_days=1, n_channels=512, num_channels=512)
+    model_cls = next(m for m, c in _MODELS.values() if isinstance(config, c))
+    return model_cls.loss_reach(config)
 
 
 def output_frames(model: nn.Module):

@@ -75,6 +75,10 @@ class GRUBaseline(nn.Module):
     def components_of(cls, config: GRUBaselineConfig) -> tuple[str, ...]:
         return cls.COMPONENTS
 
+    @classmethod
+    def loss_reach(cls, config: GRUBaselineConfig) -> dict[str, tuple[str, ...]]:
+        return {"ctc": cls.COMPONENTS}
+
     def output_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
         """(B,) input bins -> (B,) output frames (T - patch_size) // patch_stride + 1."""
         c = self.config

@@ -20,7 +20,7 @@ from torch import nn
 from mode_ssm.models.rnnt_loss import rnnt_loss
 from mode_ssm.phonemes import BLANK
 
-LOSS_NAMES = ("ctc", "rnnt", "mode", "denoise")  # as mode_ssm.training.curriculum.LOSS_NAMES
+LOSS_NAMES = ("ctc", "rnnt", "mode", "denoise")  # the losses a curriculum stage weights
 
 
 def ctc_loss_per_token(

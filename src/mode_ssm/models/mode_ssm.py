@@ -117,6 +117,15 @@ class ModeSSM(nn.Module):
         """The components a model with ``config`` has (the flow bridge is optional)."""
         return tuple(c for c in cls.COMPONENTS if c != "flow_bridge" or config.flow_bridge)
 
+    @classmethod
+    def loss_reach(cls, config: ModeSSMConfig) -> dict[str, tuple[str, ...]]:
+        """The components each training loss sends gradient to (what a curriculum stage may train with it)."""
+        trunk = ("day_layers", "preprocessor", "encoder")
+        shared = trunk + (("mode_head",) if config.mode_conditioning == "film" else ()) \
+            + (("flow_bridge",) if config.flow_bridge and config.flow_bridge_enabled else ())
+        return {"ctc": shared + ("ctc_head",), "rnnt": shared + ("rnnt",), "mode": trunk + ("mode_head",),
+                "denoise": ("flow_bridge",) if config.flow_bridge else ()}
+
     def output_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
         """(B,) input bins -> (B,) output frames."""
         return self.preprocessor.output_lengths(feature_lengths)

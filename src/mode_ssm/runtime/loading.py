@@ -15,6 +15,7 @@ import torch
 
 from mode_ssm.data.augment import Augmenter
 from mode_ssm.data.t15 import DayIndex
+from mode_ssm.decoding.words import DECODING_KEYS
 from mode_ssm.models.build import build_model
 from mode_ssm.runtime.checkpoint import CheckpointError, load_checkpoint
 
@@ -34,7 +35,8 @@ class LoadedModel:
 
     @property
     def num_channels(self) -> int:
-        return int(self.config.get("preprocessor", {}).get("num_channels", 512))
+        """Features per bin the model reads (256 or 512): what it was built with."""
+        return int(self.model.config.num_channels)
 
     @property
     def has_rnnt(self) -> bool:
@@ -49,8 +51,7 @@ class LoadedModel:
         """The checkpoint's ``decoding`` settings with the non-null ``overrides`` applied."""
         d = dict(self.config.get("decoding", {}) or {})
         d.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        missing = [k for k in ("lm_order", "lm_weight", "word_score", "beam", "beam_size_token", "beam_threshold",
-                               "extra_vocabulary") if d.get(k) is None]
+        missing = [k for k in DECODING_KEYS if d.get(k) is None]
         if missing:
             raise CheckpointError(f"{self.path}: training config has no decoding.{missing[0]} (and none was given)")
         return d
@@ -76,12 +77,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     num_channels = int(model_cfg.pop("num_channels", model_cfg.get("n_channels", 512)))
     n_channels = int(model_cfg.pop("n_channels", num_channels))
     model_cfg.pop("n_days", None)
+    device = torch.device(device)
+    if model_cfg.get("use_cuda_kernel") is True and device.type != "cuda":
+        # a speed setting, not part of the weights: the pure scan computes the same function
+        model_cfg["use_cuda_kernel"] = "auto"
     try:
         model = build_model(model_cfg, n_days=len(day_index), n_channels=n_channels, num_channels=num_channels)
         model.load_state_dict(state["model"])
     except (ValueError, TypeError, RuntimeError, KeyError) as e:
         raise CheckpointError(f"{path}: weights do not fit the model its config describes ({e})") from None
-    device = torch.device(device)
     model.to(device).eval()
     root = state.get("data_root")
     return LoadedModel(model, day_index, config, path, Path(root) if root else None, device)

@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-LOSS_NAMES = ("ctc", "rnnt", "mode", "denoise")
+from mode_ssm.models.losses import LOSS_NAMES
+
 # the part of the model each loss needs
 LOSS_COMPONENT = {"ctc": "ctc_head", "rnnt": "rnnt", "mode": "mode_head", "denoise": "flow_bridge"}
 STAGE_KEYS = ("name", "epochs", "components", "loss_weights")
@@ -35,8 +36,15 @@ class Stage:
         return [k for k in LOSS_NAMES if self.loss_weights[k]]
 
 
-def plan_curriculum(stages: Any, components: Sequence[str], model_name: str) -> list[Stage]:
-    """Check ``stages`` against the ``components`` a model has and return them as :class:`Stage` s."""
+def plan_curriculum(stages: Any, components: Sequence[str], model_name: str,
+                    reach: Mapping[str, Sequence[str]] | None = None) -> list[Stage]:
+    """Check ``stages`` against the ``components`` a model has and return them as :class:`Stage` s.
+
+    ``reach`` (loss -> components its gradient reaches, e.g. from
+    :func:`mode_ssm.models.build.model_loss_reach`): if given, every component a
+    stage trains must be reached by one of the stage's losses, else it would
+    "train" without ever changing.
+    """
     if not isinstance(stages, Sequence) or isinstance(stages, (str, bytes)) or not stages:
         raise CurriculumError(f"training.stages must be a non-empty list of stages, got {stages!r}")
     plan = []
@@ -80,5 +88,11 @@ def plan_curriculum(stages: Any, components: Sequence[str], model_name: str) -> 
                                       "e.g. curriculum=baseline_ctc for the GRU")
         if not any(weights.values()):
             raise CurriculumError(f"{where}: every loss weight is 0, so the stage would train nothing")
+        if reach is not None:
+            active = [k for k in LOSS_NAMES if weights[k]]
+            unreached = [c for c in names if not any(c in reach.get(k, ()) for k in active)]
+            if unreached:
+                raise CurriculumError(f"{where}: trains {unreached}, which none of its losses {active} reaches "
+                                      f"in {model_name} (loss -> components: {dict(reach)})")
         plan.append(Stage(name, int(epochs), tuple(dict.fromkeys(names)), weights))
     return plan

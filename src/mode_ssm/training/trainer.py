@@ -28,12 +28,12 @@ from mode_ssm.data.batching import LengthBucketSampler, collate_trials
 from mode_ssm.data.t15 import DayIndex, T15Split, count_adjacent_repeats
 from mode_ssm.metrics import summarize
 from mode_ssm.models.build import (
-    MinimumBins, build_model, component_parameters, model_components, output_frames, set_trainable,
+    MinimumBins, build_model, component_parameters, model_components, model_loss_reach, output_frames, set_trainable,
 )
 from mode_ssm.models.losses import compute_losses, trim_targets
 from mode_ssm.runtime import distributed
 from mode_ssm.runtime.checkpoint import (
-    load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state,
+    CheckpointError, load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state,
 )
 from mode_ssm.runtime.decode import autocast_for, decode_split, move_batch
 from mode_ssm.runtime.tracking import start_tracker
@@ -83,14 +83,29 @@ def _make_optimizer(cfg: DictConfig, model: torch.nn.Module, components: tuple[s
     groups = parameter_groups(model, params, o.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
     s = cfg.training.scheduler
-    return optimizer, warmup_cosine(optimizer, steps, s.warmup_steps, s.min_lr_ratio)
+    return optimizer, warmup_cosine(optimizer, steps, s.warmup_steps, s.min_lr_ratio), params
+
+
+CHOICES = {"device": ("auto", "cpu", "cuda"), "data.validate": ("full", "metadata", "none"),
+           "data.on_bad_session": ("error", "skip")}
 
 
 def check_config(cfg: DictConfig) -> list[Stage]:
-    """What can be checked before any data is read: the model options, the input width, the curriculum."""
+    """What can be checked before any data is read: choices, the model (keys and values, built on the meta
+    device: no memory, no random draws), the input width, the curriculum. Raises ValueError naming the key."""
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ValueError(f"{key}={value!r}: must be one of {list(allowed)}")
     num_channels = cfg.preprocessor.num_channels
     components = model_components(cfg.model, num_channels)  # ValueError naming a bad model key or width
-    return plan_curriculum(OmegaConf.to_container(cfg.training.stages, resolve=True), components, cfg.model.name)
+    try:
+        with torch.device("meta"):
+            build_model(cfg.model, n_days=1, n_channels=512, num_channels=num_channels)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ValueError(f"model={cfg.model.name}: {e}") from None
+    return plan_curriculum(OmegaConf.to_container(cfg.training.stages, resolve=True), components, cfg.model.name,
+                           model_loss_reach(cfg.model))
 
 
 def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[str, Any]:
@@ -122,7 +137,8 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
         validate=cfg.data.validate, num_channels=num_channels,
     )
     # the CTC feasibility rule of this model's own output lengths (a 1-day twin: frames do not depend on days)
-    twin = build_model(cfg.model, n_days=1, n_channels=num_channels, num_channels=num_channels)
+    with torch.device("meta"):  # the lengths are arithmetic on the config: no weights, no random draws
+        twin = build_model(cfg.model, n_days=1, n_channels=num_channels, num_channels=num_channels)
     frames, min_bins = output_frames(twin), MinimumBins(twin)
     train_set = T15Split(data_root, "train", day_index=day_index, output_frames=frames, **split_args)
     day_index = train_set.day_index
@@ -164,7 +180,13 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
     # what load_model rebuilds from: the model options and the input width
     model_cfg = OmegaConf.create({**OmegaConf.to_container(cfg.model, resolve=True), "num_channels": num_channels})
     if state:
-        model.load_state_dict(state["model"])
+        _check_resumable(state, resume_path, stages)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{resume_path}: its weights belong to another model than model={cfg.model.name} "
+                                  f"with these options ({str(e).splitlines()[0]}); resume with the run's own "
+                                  "config or start a new hydra.run.dir") from None
     ddp_model = DistributedDataParallel(model, find_unused_parameters=True) if ctx.enabled else model
 
     pos = Position()
@@ -193,6 +215,7 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
                 "config": OmegaConf.to_container(cfg, resolve=True),
                 "model_config": OmegaConf.to_container(model_cfg, resolve=True),
                 "wandb_run_id": tracker.run_id,
+                "stages": [s.name for s in stages],
                 "data_root": str(data_root),
             },
             ckpt_dir / name,
@@ -223,9 +246,9 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
             components, weights = stage.components, dict(stage.loss_weights)
             set_trainable(model, components)
             steps_per_epoch = math.ceil(sampler.batches_per_rank / accum)
-            optimizer, scheduler = _make_optimizer(cfg, model, components, steps_per_epoch * stage.epochs)
+            optimizer, scheduler, trained = _make_optimizer(cfg, model, components, steps_per_epoch * stage.epochs)
             if state and state["optimizer"] is not None:
-                optimizer.load_state_dict(state["optimizer"])
+                optimizer.load_state_dict(_regrouped(state["optimizer"], optimizer, trained))
                 scheduler.load_state_dict(state["scheduler"])
             state = None
             if ctx.is_main and pos.epoch_in_stage == 0 and pos.batch_in_epoch == 0:
@@ -364,6 +387,47 @@ def _improved(val: dict[str, Any], pos: Position) -> bool:
         pos.best_wer, pos.best_per = wer, per
         return True
     return False
+
+
+def _check_resumable(state: dict[str, Any], path: Path, stages: list[Stage]) -> None:
+    """A checkpoint resumes only into the curriculum it was trained with."""
+    names = [s.name for s in stages]
+    saved = state.get("stages")  # absent in checkpoints written before it was recorded
+    stage = int(state["position"]["stage"])
+    if (saved is not None and list(saved) != names) or stage > len(names):
+        raise CheckpointError(f"{path}: this run was trained with the curriculum stages {saved or '(not recorded)'} "
+                              f"and stopped in stage {stage}, but the config has {names}; resume with the run's own "
+                              "curriculum or start a new hydra.run.dir")
+
+
+def _regrouped(saved: dict[str, Any], optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> dict[str, Any]:
+    """An optimizer state saved with one parameter group (before weight-decay groups), laid out as ``optimizer``'s.
+
+    Both cover the same parameters: the old single group in the order of ``params``
+    (the stage's trainable parameters), the new groups that order split into decayed
+    and not decayed. States saved with the current layout are returned as they are.
+    """
+    if len(saved["param_groups"]) == len(optimizer.param_groups):
+        return saved
+    if len(saved["param_groups"]) != 1:
+        raise CheckpointError(f"optimizer state has {len(saved['param_groups'])} parameter groups, expected 1 or "
+                              f"{len(optimizer.param_groups)}")
+    old_index = {id(p): i for i, p in enumerate(params)}
+    old_group = saved["param_groups"][0]
+    if len(old_group["params"]) != len(params):
+        raise CheckpointError(f"optimizer state covers {len(old_group['params'])} parameters, this stage trains "
+                              f"{len(params)}")
+    state, groups, k = {}, [], 0
+    for group in optimizer.param_groups:
+        indices = []
+        for p in group["params"]:
+            old = old_group["params"][old_index[id(p)]]
+            if old in saved["state"]:
+                state[k] = saved["state"][old]
+            indices.append(k)
+            k += 1
+        groups.append({**old_group, "weight_decay": group["weight_decay"], "params": indices})
+    return {"state": state, "param_groups": groups}
 
 
 def _batch_generator(seed: int, pos: Position, ctx) -> torch.Generator:
