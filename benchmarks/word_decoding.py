@@ -72,8 +72,7 @@ def evaluate(ckpt: Path, data_root: Path | None, n_late: int, tta_overrides: lis
     out.update(late_wer_lm=sl["wer"], late_per=sl["per"])
     tta = TTAConfig.from_mapping(tta_settings(REPO / "configs" / "tta" / "default.yaml", tta_overrides,
                                               {"enabled": True, "sessions": "all"}))
-    late_split = T15Split(root, "val", day_index=loaded.day_index, validate="metadata",
-                          num_channels=loaded.num_channels, sessions=late)
+    late_split = open_split(loaded, root, "val", validate="metadata", sessions=late)  # the same trials as above
     started = time.perf_counter()
     adapted = run("ctc_lm", late_split, tta)
     out["late_tta_seconds"] = time.perf_counter() - started

@@ -38,10 +38,12 @@ def tiny_checkpoint(tmp_path_factory, tiny_data_root):
 
 
 SLOW_FIXTURES = {"tiny_checkpoint", "workdir"}  # a training subprocess, or a user's command line
+SLOW_MODULES = {"test_train_contract"}  # every test there runs scripts/train.py
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark ``slow`` every test that trains or runs a script: ``pytest -m "not slow"`` is the quick loop."""
+    """Mark ``slow`` every test that trains or runs a script (fixtures and modules above, or an explicit
+    ``@pytest.mark.slow``): ``pytest -m "not slow"`` is the quick loop."""
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ == "test_train_contract":
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)

@@ -78,6 +78,7 @@ def test_components_follow_the_model_config():
     assert model_components(OmegaConf.load(REPO / "configs" / "model" / "gru_small.yaml")) == GRU
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["training.stages.0.components=[encodr]"], "unknown component(s) ['encodr']"),
     (["preprocessor.num_channels=300"], "must be one of [256, 512]"),
@@ -90,6 +91,7 @@ def test_train_script_exits_before_reading_data(tmp_path, args, message):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_a_curriculum_file_with_a_misspelt_loss_fails(tmp_path):
     cur = tmp_path / "configs" / "curriculum"
     cur.mkdir(parents=True)

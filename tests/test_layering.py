@@ -16,13 +16,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "mode_ssm"
 # what each layer may not import (by mode_ssm subpackage or module name)
 FORBIDDEN = {
     "foundation": {"data", "sim", "models", "decoding", "runtime", "training", "evaluation"},
-    "data": {"models", "decoding", "runtime", "training", "evaluation"},
+    "data": {"sim", "models", "decoding", "runtime", "training", "evaluation"},
     "sim": {"models", "decoding", "runtime", "training", "evaluation"},
     "models": {"decoding", "runtime", "training", "evaluation", "sim"},
     "decoding": {"models", "runtime", "training", "evaluation", "sim"},
     "runtime": {"training", "evaluation", "sim"},
-    "evaluation": {"training"},
-    "training": set(),
+    "evaluation": {"training"},  # side by side: what both need lives in runtime/
+    "training": {"evaluation"},
 }
 # sim writes T15 files with the data layer's writer; only training (the default data on demand) imports sim
 
@@ -46,6 +46,8 @@ def imported_packages(tree: ast.AST) -> list[tuple[int, str, bool]]:
             names = []
             if isinstance(child, ast.Import):
                 names = [a.name for a in child.names]
+            elif isinstance(child, ast.ImportFrom) and child.level > 0:
+                out.append((child.lineno, "<relative import>", in_function))
             elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
                 names = [child.module] + ([f"{child.module}.{a.name}" for a in child.names]
                                           if child.module == "mode_ssm" else [])
@@ -70,11 +72,13 @@ def test_imports_point_down_and_sit_at_module_level(path):
     layer = layer_of(path)
     tree = ast.parse(path.read_text(), filename=str(path))
     for line, target, in_function in imported_packages(tree):
+        assert target != "<relative import>", f"{path}:{line}: a relative import (the layers are checked by name)"
         target_layer = target if (PACKAGE / target).is_dir() else "foundation"
         assert target_layer not in FORBIDDEN[layer], f"{path}:{line}: {layer} imports mode_ssm.{target}"
         assert not in_function, f"{path}:{line}: import of mode_ssm.{target} hidden inside a function"
 
 
 def test_the_checker_sees_a_violation():
-    tree = ast.parse("def f():\n    from mode_ssm.training.trainer import train\nfrom mode_ssm.models import build\n")
-    assert imported_packages(tree) == [(2, "training", True), (3, "models", False)]
+    tree = ast.parse("def f():\n    from mode_ssm.training.trainer import train\nfrom mode_ssm.models import build\n"
+                     "from .x import y\n")
+    assert imported_packages(tree) == [(2, "training", True), (3, "models", False), (4, "<relative import>", False)]

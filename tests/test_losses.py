@@ -60,8 +60,11 @@ def make_batch(seed: int = 0) -> GroundTruthGuard:
     )
 
 
-def forward(model, batch):
-    return model(batch["features"], batch["feature_lengths"], batch["day_index"])
+def forward(model, batch, rnnt: bool = False, denoise: bool = False):
+    """The model's forward as training calls it: the RNN-T joint and the denoising loss inside it."""
+    targets = trim_targets(batch["phoneme_ids"], batch["phoneme_lengths"]) if rnnt else None
+    return model(batch["features"], batch["feature_lengths"], batch["day_index"], rnnt_targets=targets,
+                 denoise=denoise)
 
 
 def test_ctc_by_hand_two_frames():
@@ -103,7 +106,11 @@ def test_weights_select_and_sum_components():
     torch.manual_seed(2)
     model = tiny_model()
     batch = make_batch()
-    outputs = forward(model, batch)
+    with pytest.raises(ValueError, match="no rnnt_joint: call the model with rnnt_targets"):
+        compute_losses(model, batch, forward(model, batch), {"rnnt": 1.0})
+    with pytest.raises(ValueError, match="no denoise_loss: call the model with denoise=True"):
+        compute_losses(model, batch, forward(model, batch), {"denoise": 1.0})
+    outputs = forward(model, batch, rnnt=True, denoise=True)
     mode_targets = torch.tensor([1, 0, -1])
     weights = {"ctc": 1.0, "rnnt": 0.5, "mode": 0.2, "denoise": 0.1}
     torch.manual_seed(3)
@@ -123,7 +130,7 @@ def test_rnnt_uses_only_the_labels_within_length():
     torch.manual_seed(4)
     model = tiny_model().eval()
     batch = make_batch()
-    outputs = forward(model, batch)
+    outputs = forward(model, batch, rnnt=True)
     loss = compute_losses(model, batch, outputs, {"rnnt": 1.0})["rnnt"]
     trimmed = trim_targets(batch["phoneme_ids"], batch["phoneme_lengths"])
     assert trimmed.shape == (3, 7)
@@ -134,7 +141,8 @@ def test_rnnt_uses_only_the_labels_within_length():
     # labels past each length are padding: garbage there must change nothing
     batch["phoneme_ids"][1, 3:] = 17
     batch["phoneme_ids"][0, 5:] = 40
-    torch.testing.assert_close(compute_losses(model, batch, outputs, {"rnnt": 1.0})["rnnt"], loss)
+    torch.testing.assert_close(compute_losses(model, batch, forward(model, batch, rnnt=True), {"rnnt": 1.0})["rnnt"],
+                               loss)
     # and the per-token normalisation: sum over trials / 15 labels
     per_trial = rnnt_loss(joint, trimmed, outputs["out_lengths"], batch["phoneme_lengths"], reduction="none")
     torch.testing.assert_close(loss, per_trial.sum() / 15)
@@ -158,7 +166,7 @@ def test_denoise_loss_at_init_is_one():
     torch.manual_seed(6)
     model = tiny_model()
     batch = make_batch()
-    outputs = forward(model, batch)
+    outputs = forward(model, batch, denoise=True)
     loss = compute_losses(model, batch, outputs, {"denoise": 1.0})["denoise"]
     assert loss.item() == pytest.approx(1.0, abs=0.05)  # zero-initialised velocity: E[eps^2]
     loss.backward()

@@ -125,6 +125,7 @@ def test_bad_input_is_named(tmp_path):
         ArpaModel(tmp_path / "missing.arpa")
 
 
+@pytest.mark.slow
 def test_build_lm_script_reads_train_sentences(tmp_path):
     from mode_ssm.data.writer import TrialRecord, write_trials
 

@@ -303,6 +303,7 @@ def test_hydra_preset_override_composes():
     assert cfg.preset.name == "bench" and cfg.seed == 3 and len(cfg.preset.sessions) == 11
 
 
+@pytest.mark.slow
 def test_cli_writes_relative_output_dir(tmp_path):
     script = project_root() / "scripts" / "simulate.py"
     cmd = [sys.executable, str(script), "preset.sessions=[t15.2023.08.13]", "preset.trial_fraction=0.03", "output_dir=rel/data", "seed=2"]

@@ -57,16 +57,24 @@ def word_resources(
     The extra frequent words get their own small unigram share instead of all
     sharing ``<unk>``'s.
     """
+    sentences, extra, lm_path = _inputs(decoding, sentences, lm_dir)
+    if build and not lm_path.is_file():
+        build_arpa(sentences, order=int(decoding["lm_order"]), out_path=lm_path, extra_words=extra)
+    return build_vocabulary(sentences, extra_words=extra).lexicon(), lm_path
+
+
+def lm_path(decoding: Mapping[str, Any], sentences: Sequence[str], lm_dir: str | Path) -> Path:
+    """Where :func:`word_resources` keeps (or would build) the LM for these inputs; builds nothing."""
+    return _inputs(decoding, sentences, lm_dir)[2]
+
+
+def _inputs(decoding: Mapping[str, Any], sentences: Sequence[str], lm_dir: str | Path):
     check_decoding(decoding)
     sentences = [s for s in sentences if s]
     if not sentences:
         raise ValueError("no labelled train sentences to build the language model from")
     extra = frequent_words(int(decoding["extra_vocabulary"]))
-    order = int(decoding["lm_order"])
-    lm_path = lm_cache_path(lm_dir, sentences, order, extra)
-    if build and not lm_path.is_file():
-        build_arpa(sentences, order=order, out_path=lm_path, extra_words=extra)
-    return build_vocabulary(sentences, extra_words=extra).lexicon(), lm_path
+    return sentences, extra, lm_cache_path(lm_dir, sentences, int(decoding["lm_order"]), extra)
 
 
 def make_word_decoder(decoding: Mapping[str, Any], lexicon: Lexicon, lm_path: Path | None, **overrides: Any) -> WordDecoder:

@@ -48,8 +48,10 @@ def open_split(
     split: str,
     validate: str = "metadata",
     on_bad_session: str = "error",
+    sessions: Sequence[str] | None = None,
 ) -> T15Split:
-    """One split of ``data_root`` indexed with the model's day index; an error if it holds no trials.
+    """One split of ``data_root`` (``sessions`` of it, if given) indexed with the model's day index;
+    an error if it holds no trials.
 
     Every readable trial is kept (``rules="eval"``): one that breaks a training rule
     (too short or long for this model's CTC, dead channels, NaN/Inf) is decoded and
@@ -57,7 +59,8 @@ def open_split(
     """
     data = T15Split(data_root, split, day_index=loaded.day_index, validate=validate,  # type: ignore[arg-type]
                     on_bad_session=on_bad_session, num_channels=loaded.num_channels,  # type: ignore[arg-type]
-                    output_frames=output_frames(loaded.model), rules="eval")
+                    output_frames=output_frames(loaded.model), rules="eval",
+                    sessions=list(sessions) if sessions else None)
     if len(data) == 0:
         has_files = any(split in s.files for s in data.session_infos)
         why = "every trial in them was skipped:\n" + data.report.summary() if has_files else \

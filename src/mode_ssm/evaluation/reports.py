@@ -310,7 +310,6 @@ def write_report(
     }
     notes = list(notes)
     overall = summarize(list(rows))
-    notes += scoring_notes(rows, overall)
     if not labelled:
         notes.append("no labels in this split (test): predictions only, no error rates")
         paths["summary_md"] = write_markdown(out_dir / "summary.md", title, {}, notes)
@@ -318,6 +317,7 @@ def write_report(
             for n in notes:
                 console.print(f"- {n}")
         return {"metrics": overall, "paths": paths, "tables": {}}
+    notes += scoring_notes(rows, overall)
     if not mode_truth_known(rows):
         notes.append(MODE_UNMEASURABLE)
     tables = summary_tables(rows)

@@ -18,7 +18,7 @@ from mode_ssm.data.sentences import train_sentences
 from mode_ssm.decoding.ctc import ctc_greedy
 from mode_ssm.decoding.lexicon_decoder import PronunciationIndex, greedy_words
 from mode_ssm.decoding.rnnt_search import NbestWordScorer, rnnt_beam_search, rnnt_greedy_search
-from mode_ssm.decoding.words import make_word_decoder, word_resources
+from mode_ssm.decoding.words import lm_path, make_word_decoder, word_resources
 from mode_ssm.runtime.decode import Search
 from mode_ssm.runtime.loading import LoadedModel
 
@@ -45,8 +45,7 @@ class WordDecoding:
         trained_sessions = [s for s in loaded.day_index.sessions if (Path(data_root) / s / "data_train.hdf5").exists()]
         sentences = train_sentences(data_root, trained_sessions or None, loaded.day_index)
         run_lm_dir = loaded.path.resolve().parent.parent / "lm"
-        _, cached = word_resources(self.settings, sentences, run_lm_dir, build=False)
-        self.lm_dir = run_lm_dir if cached.is_file() else Path(lm_dir)
+        self.lm_dir = run_lm_dir if lm_path(self.settings, sentences, run_lm_dir).is_file() else Path(lm_dir)
         self.lexicon, self.lm_path = word_resources(self.settings, sentences, self.lm_dir)
         self._index = None
 

@@ -13,13 +13,17 @@ from mode_ssm.atomic import write_text
 from mode_ssm.evaluation.pipeline import prepare
 from mode_ssm.evaluation.reports import write_csv
 from mode_ssm.evaluation.search import WordDecoding
-from mode_ssm.metrics import word_error_rate
+from mode_ssm.metrics import summarize
+from mode_ssm.runtime.decode import word_scores as score_words
 
 
 def tune(cfg: Any, launch_dir: str | Path, console: Any) -> list[dict]:
     """``scripts/tune_decoder.py``: the model runs once over val, then the word search per grid setting."""
     if cfg.split == "test":
         raise ValueError("split=test has no labels to tune on; use val")
+    fixed = [k for k in ("lm_weight", "word_score", "beam") if cfg.decoding.get(k) is not None]
+    if fixed:
+        raise ValueError(f"decoding.{fixed[0]} is what the grid varies: set grid.{fixed[0]}=[...] instead")
     launch_dir = Path(launch_dir)
     out_dir = launch_dir / Path(str(cfg.output_dir))
     # CTC greedy phonemes; the word search is what the grid repeats, on the kept log-probabilities
@@ -60,11 +64,11 @@ def word_search_grid(
     Returns one record per setting, in grid order: the setting, wer (fraction), word errors, seconds.
     """
     labelled = [r for r in rows if r.get("true_sentence") is not None]
+    row_keys = {"mode_truth": -1, "mode_pred": None}
     if not labelled:
         raise ValueError("no labelled trials to tune on (the test split has no sentences)")
     if any("log_probs" not in r for r in labelled):
         raise ValueError("rows carry no log_probs: decode with keep_log_probs=True")
-    refs = [r["true_sentence"] for r in labelled]
     out = []
     for beam in beams:
         for lm_weight in lm_weights:
@@ -73,7 +77,10 @@ def word_search_grid(
                 started = time.perf_counter()
                 hyps = [(decoder.decode(r["log_probs"]) or [None])[0] for r in labelled]
                 seconds = time.perf_counter() - started
-                wer, errors, n_words = word_error_rate(refs, [h.sentence if h else "" for h in hyps])
+                # scored as decode_split scores its rows, aggregated by the one official summarize
+                scored = [{**row_keys, **score_words(r["true_sentence"], h.sentence if h else "")}
+                          for r, h in zip(labelled, hyps)]
                 out.append({"lm_weight": float(lm_weight), "word_score": float(word_score), "beam": int(beam),
-                            "wer": wer, "word_errors": errors, "words": n_words, "seconds": seconds})
+                            "wer": summarize(scored)["wer"], "word_errors": sum(s["word_errors"] for s in scored),
+                            "words": sum(s["n_words"] for s in scored), "seconds": seconds})
     return out

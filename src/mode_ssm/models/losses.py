@@ -61,7 +61,9 @@ def compute_losses(
 
     batch: ``phoneme_ids`` (B, U) zero-padded, ``phoneme_lengths`` (B,) (``speaking_mode``
     is never read: it is simulator ground truth for evaluation only).
-    outputs: ``model(...)``'s dict. weights: ``ctc``, ``rnnt``, ``mode``, ``denoise``
+    outputs: ``model(...)``'s dict, called with ``rnnt_targets`` for the RNN-T loss and
+    ``denoise=True`` for the denoising loss (both are computed inside forward, where
+    DistributedDataParallel sees their parameters). weights: ``ctc``, ``rnnt``, ``mode``, ``denoise``
     (missing = 0; a component with weight 0 is not computed and returned as None).
     mode_targets (B,): pseudo-labels 0 vocalized / 1 silent, -1 ignored.
 
@@ -86,10 +88,10 @@ def compute_losses(
         if getattr(model, "rnnt", None) is None:
             raise ValueError(f"rnnt weight {w['rnnt']} but {type(model).__name__} has no RNN-T head")
         trimmed = trim_targets(targets, target_lengths)
-        # training computes the joint inside the model's forward (``rnnt_targets``), as DDP needs
         joint = outputs.get("rnnt_joint")
-        if joint is None:
-            joint = model.rnnt(outputs["head_features"], trimmed)
+        if joint is None:  # computed here, its parameters would be used outside the (DDP) forward
+            raise ValueError("rnnt weight > 0 but the outputs hold no rnnt_joint: call the model with "
+                             "rnnt_targets=trim_targets(phoneme_ids, phoneme_lengths)")
         losses["rnnt"] = rnnt_loss(
             joint.float(), trimmed, out_lengths, target_lengths, blank=BLANK, reduction="mean_per_token"
         )
@@ -106,9 +108,9 @@ def compute_losses(
     if w["denoise"]:
         if getattr(model, "flow_bridge", None) is None:
             raise ValueError(f"denoise weight {w['denoise']} but {type(model).__name__} has no flow bridge")
-        denoise = outputs.get("denoise_loss")
-        losses["denoise"] = denoise if denoise is not None else \
-            model.flow_bridge.loss(outputs["conditioned_features"], out_lengths)
+        if outputs.get("denoise_loss") is None:
+            raise ValueError("denoise weight > 0 but the outputs hold no denoise_loss: call the model with denoise=True")
+        losses["denoise"] = outputs["denoise_loss"]
 
     computed = {k: v for k, v in losses.items() if v is not None}
     nonfinite = [k for k, v in computed.items() if not math.isfinite(float(v.detach()))]

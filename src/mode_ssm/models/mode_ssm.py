@@ -11,7 +11,9 @@
       -> ctc_head (B, T', 41); rnnt: predictor + joiner     heads.py
 
 The RNN-T joint is (B, T', U + 1, 41) and only the loss needs it in full, so
-``forward`` does not build it; ``losses.compute_losses`` calls ``model.rnnt``.
+``forward`` builds it only when given ``rnnt_targets`` (training), and the flow
+bridge's denoising loss only with ``denoise=True``: computed inside forward,
+their parameters are seen by DistributedDataParallel.
 """
 
 from __future__ import annotations

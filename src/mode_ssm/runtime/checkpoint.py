@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mode_ssm.atomic import atomic_open, remove_stale_temporaries  # noqa: F401  (re-exported for the trainer)
+from mode_ssm.atomic import atomic_open
 
 
 class CheckpointError(RuntimeError):

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from mode_ssm.decoding.ctc import ctc_greedy
+from mode_ssm.metrics import per_trial_errors
 from mode_ssm.phonemes import ids_to_string
-from mode_ssm.text import normalize_sentence
 from mode_ssm.runtime.distributed import DistContext, gather_objects
 
 def autocast_for(device: torch.device, amp: bool):
@@ -33,6 +33,12 @@ def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 # (model output dict, log_probs (B, T', 41), out_lengths (B,)) -> (phoneme ids per trial, sentences or None)
 Search = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor], tuple[list[list[int]], list[str] | None]]
+
+
+def word_scores(reference: str, hypothesis: str) -> dict[str, int]:
+    """A row's word errors on official normalised text, for :func:`mode_ssm.metrics.summarize`."""
+    t = per_trial_errors([reference], [hypothesis])[0]
+    return {"word_errors": t.n_errors, "n_words": t.n_ref_words}
 
 
 @torch.no_grad()
@@ -100,8 +106,6 @@ def decode_split(
                     true_sentence=batch["sentences"][i],
                 )
                 if words is not None:
-                    ref_words = normalize_sentence(batch["sentences"][i]).split()
-                    hyp_words = normalize_sentence(words[i]).split()
-                    row.update(word_errors=editdistance.eval(ref_words, hyp_words), n_words=len(ref_words))
+                    row.update(word_scores(batch["sentences"][i], words[i]))
             rows.append(row)
     return gather_objects(ctx, rows)

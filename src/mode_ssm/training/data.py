@@ -78,5 +78,5 @@ def build_word_decoder(cfg: DictConfig, train_set: T15Split, run_dir: Path, ctx:
     if ctx.is_main:
         word_resources(decoding, sentences, run_dir / "lm")
     barrier(ctx)
-    lexicon, lm_path = word_resources(decoding, sentences, run_dir / "lm", build=False)
-    return make_word_decoder(decoding, lexicon, lm_path)
+    lexicon, path = word_resources(decoding, sentences, run_dir / "lm", build=False)
+    return make_word_decoder(decoding, lexicon, path)

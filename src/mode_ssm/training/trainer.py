@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from mode_ssm.atomic import remove_stale_temporaries
 from mode_ssm.data.augment import Augmenter, smoothed
 from mode_ssm.data.batching import LengthBucketSampler, collate_trials
 from mode_ssm.data.t15 import DayIndex, T15Split, count_adjacent_repeats
@@ -33,7 +34,7 @@ from mode_ssm.models.build import (
 from mode_ssm.models.losses import compute_losses, trim_targets
 from mode_ssm.runtime import distributed
 from mode_ssm.runtime.checkpoint import (
-    CheckpointError, load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state,
+    CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
 from mode_ssm.runtime.decode import autocast_for, decode_split, move_batch
 from mode_ssm.runtime.tracking import start_tracker
