@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -303,3 +304,34 @@ def test_train_script_learns(workdir):
     assert train_per[0] > 0.7, train_per  # an untrained model is near chance
     assert min(train_per[-3:]) < 0.25, train_per
     assert min(val_per) < 0.9, val_per
+
+
+def test_a_nan_in_one_train_trial_never_reaches_the_weights(workdir, tiny_data_root):
+    """One NaN value in one train trial, read without validation: its step is skipped, and the weights and
+    checkpoint stay finite (the old skip ran backward through 0 x NaN and wrote NaN into 50 of 73 tensors)."""
+    import numpy as np
+
+    from mode_ssm.data.t15 import T15Split
+    from mode_ssm.data.writer import TrialRecord, write_trials
+
+    root = workdir / "nan_data"
+    shutil.copytree(tiny_data_root, root)
+    session = "t15.2023.08.13"
+    split = T15Split(root, "train", sessions=[session], validate="none")
+    records = [TrialRecord(np.asarray(ex.features).copy(), ex.session, ex.block_num, ex.trial_num, ex.sentence,
+                           ex.phoneme_ids, {"speaking_mode": ex.speaking_mode or "vocalized"})
+               for ex in (split[i] for i in range(len(split)))]
+    split.close()
+    records[0].features[5, 3] = np.nan
+    write_trials(root / session / "data_train.hdf5", records)
+    env = user_env(workdir / "home")
+    proc = run_train([f"data.data_root={root}", "data.validate=none", "data.max_sessions=2", "curriculum=mode_ssm_ctc",
+                      "training.stages.0.epochs=2", "training.batch_size=4", "hydra.run.dir=outputs/nan"] + TINY,
+                     workdir, env)
+    state = load_checkpoint(workdir / "outputs" / "nan" / "checkpoints" / "last.pt")
+    assert all(bool(torch.isfinite(t).all()) for t in state["model"].values() if t.is_floating_point())
+    assert state["position"]["nonfinite_batches"] == 2  # the trial's batch, once per epoch
+    said = proc.stdout + proc.stderr  # Hydra's logging goes to the console
+    assert f"{session} block {records[0].block_num} trial {records[0].trial_num}" in said
+    assert "optimizer step skipped" in said and "non-finite input features" in said
+    assert all(math.isfinite(h["val/per"]) for h in state["position"]["history"])

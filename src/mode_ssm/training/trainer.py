@@ -60,7 +60,7 @@ class Position:
     batch_in_epoch: int = 0  # micro-batches of this rank done in the current epoch
     batch: int = 0  # global micro-batch counter (the W&B `batch` axis)
     optimizer_steps_in_stage: int = 0
-    nonfinite_batches: int = 0
+    nonfinite_batches: int = 0  # optimizer steps skipped for a non-finite loss or gradient
     best_wer: float = math.inf
     best_per: float = math.inf
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -201,9 +201,16 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
     )
 
     def checkpoint(name: str, optimizer=None, scheduler=None) -> None:
-        """Save; at a stage boundary there is no optimizer state worth keeping (the next stage builds its own)."""
+        """Save; at a stage boundary there is no optimizer state worth keeping (the next stage builds its own).
+
+        Never with a non-finite parameter: the previous checkpoint stays, and training stops.
+        """
         if not ctx.is_main:
             return
+        bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise TrainingAborted(f"{len(bad)} parameter tensors are non-finite (e.g. {bad[0]}) at batch {pos.batch}; "
+                                  f"{ckpt_dir / name} was not overwritten")
         save_checkpoint(
             {
                 "model": model.state_dict(),
@@ -262,6 +269,7 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
                 progress.start_epoch(f"{stage.name} epoch {pos.epoch + 1}", len(sampler), pos.batch_in_epoch)
                 epoch_start = time.perf_counter()
                 optimizer.zero_grad(set_to_none=True)
+                window_problems: list[str] = []  # non-finite micro-batches of the current accumulation window
                 for batch in train_loader:
                     t0 = time.perf_counter()
                     batch = move_batch(batch, ctx.device)
@@ -286,25 +294,26 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
                             losses = compute_losses(model, batch, out, weights, targets)
                         finite = bool(torch.isfinite(losses["total"]).item())
                         if not finite:
-                            pos.nonfinite_batches += 1
-                            log.warning("non-finite loss in batch %d (%s); skipped", pos.batch, losses.get("nonfinite"))
-                            if pos.nonfinite_batches > cfg.training.max_nonfinite_batches:
-                                raise TrainingAborted(
-                                    f"{pos.nonfinite_batches} batches had a non-finite loss (limit "
-                                    f"training.max_nonfinite_batches={cfg.training.max_nonfinite_batches}); "
-                                    "lower training.optimizer.lr or check the data")
-                            # keep DDP's collective pattern intact: backward a zero loss
-                            (losses["total"].nan_to_num(0.0, 0.0, 0.0) * 0.0).backward()
-                        else:
-                            (losses["total"] / accum).backward()
+                            window_problems.append(_nonfinite_problem(batch, losses))
+                        # backward even so, keeping DDP's collectives in step on every rank; the
+                        # non-finite gradients it leaves are caught below and never reach a parameter
+                        (losses["total"] / accum).backward()
                     pos.batch_in_epoch += 1
                     pos.batch += 1
                     grad_norm = None
                     if last_micro:
                         grad_norm = float(torch.nn.utils.clip_grad_norm_(
                             [p for p in model.parameters() if p.requires_grad], cfg.training.max_grad_norm))
-                        optimizer.step()
-                        scheduler.step()
+                        if not math.isfinite(grad_norm) and not window_problems:
+                            window_problems.append("non-finite gradients from a finite loss")
+                        if window_problems:
+                            # (gradients are all-reduced first, so every rank skips the same step)
+                            _skip_step(pos, window_problems, cfg.training.max_nonfinite_batches)
+                            grad_norm = None
+                        else:
+                            optimizer.step()
+                            scheduler.step()
+                        window_problems = []
                         optimizer.zero_grad(set_to_none=True)
                         pos.optimizer_steps_in_stage += 1
                         total_steps += 1
@@ -388,6 +397,27 @@ def _improved(val: dict[str, Any], pos: Position) -> bool:
         pos.best_wer, pos.best_per = wer, per
         return True
     return False
+
+
+def _nonfinite_problem(batch: dict[str, Any], losses: dict[str, Any]) -> str:
+    """What made a micro-batch's loss non-finite, and which trials it held."""
+    trials = ", ".join(f"{s} block {b} trial {t}" for s, b, t in
+                       zip(batch["sessions"], batch["block_nums"], batch["trial_nums"]))
+    inputs = "non-finite input features" if not bool(torch.isfinite(batch["features"]).all()) else "finite inputs"
+    return f"non-finite {'/'.join(losses.get('nonfinite') or ['total'])} loss ({inputs}) in trials {trials}"
+
+
+def _skip_step(pos: Position, problems: list[str], limit: int) -> None:
+    """Skip an optimizer step whose gradients are non-finite: no parameter or optimizer state changes."""
+    pos.nonfinite_batches += 1
+    for p in problems:
+        log.warning("optimizer step skipped at batch %d: %s", pos.batch, p)
+    if pos.nonfinite_batches > limit:
+        raise TrainingAborted(
+            f"{pos.nonfinite_batches} optimizer steps had non-finite gradients (limit "
+            f"training.max_nonfinite_batches={limit}); the last: {problems[-1]}. Non-finite input features "
+            "point at the data (data.validate=full skips such trials); finite inputs at the learning rate "
+            "(training.optimizer.lr) or at trials too short for their labels")
 
 
 def _check_resumable(state: dict[str, Any], path: Path, stages: list[Stage]) -> None:
