@@ -244,7 +244,9 @@ def test_sigkill_mid_epoch_then_rerun_resumes_exactly(workdir):
     assert 0 < killed_at["batch"] < n_batches
     first_id = load_checkpoint(resumed / "checkpoints" / "last.pt")["wandb_run_id"]
     assert first_id
-    run_train(RESUME_ARGS + ["hydra.run.dir=outputs/resumed"], workdir, env)  # the same command again
+    again = run_train(RESUME_ARGS + ["hydra.run.dir=outputs/resumed"], workdir, env)  # the same command again
+    assert f"resuming {resumed / 'checkpoints' / 'last.pt'}: stage {killed_at['stage'] + 1}/4" in again.stdout
+    assert f"(global batch {killed_at['batch']})" in again.stdout
     # Offline, wandb keeps each process's records in a folder of its own named after the run id;
     # the killed process may not have flushed its log, the resumed one continues the same id.
     logs = find_run_logs(resumed / "wandb")

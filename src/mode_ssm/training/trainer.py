@@ -193,6 +193,11 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
     pos = Position()
     if state:
         pos = Position(**state["position"])
+        if ctx.is_main:
+            where = (f"stage {pos.stage + 1}/{len(stages)} {stages[pos.stage].name}, epoch {pos.epoch_in_stage + 1} "
+                     f"of the stage, batch {pos.batch_in_epoch} of the epoch" if pos.stage < len(stages)
+                     else "after the last stage: the run is finished, nothing to train")
+            print(f"resuming {resume_path}: {where} (global batch {pos.batch})")
         set_rng_state(state["rng"])  # after model construction, which draws from the RNG
         aug_generator.set_state(state["aug_rng"])
     tracker = start_tracker(
