@@ -21,6 +21,7 @@ from mode_ssm.metrics import per_trial_errors
 from mode_ssm.phonemes import ids_to_string
 from mode_ssm.runtime.distributed import DistContext, gather_objects
 
+
 def autocast_for(device: torch.device, amp: bool):
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
