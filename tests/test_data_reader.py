@@ -403,6 +403,49 @@ def test_corrupt_data_inside_a_readable_file(root):
         lazy[3 + 2]  # S2's trial_0002
 
 
+@pytest.mark.parametrize("signature", [b"SNOD", b"HEAP", b"TREE"])
+def test_corrupt_hdf5_metadata_names_the_file_or_skips_the_session(root, signature):
+    """Bytes overwritten inside the file's own structures (symbol table, heap, B-tree), size unchanged:
+    h5py raises RuntimeError/KeyError naming no file; the reader names it, or skips the session."""
+    bad = root / S2 / "data_train.hdf5"
+    data = bytearray(bad.read_bytes())
+    at = data.find(signature)
+    assert at >= 0
+    data[at : at + 64] = b"\xa5" * 64
+    bad.write_bytes(bytes(data))
+    with pytest.raises(T15DataError, match="corrupt") as err:
+        T15Split(root, "train")
+    assert str(bad) in str(err.value)
+    with pytest.warns(T15DataWarning, match=f"skipping session {S2}"):
+        ds = T15Split(root, "train", on_bad_session="skip")
+    assert ds.sessions == [S1, S3] and len(ds) == 5
+
+
+def test_session_with_features_of_the_wrong_width_is_a_file_error(root, tmp_path):
+    """A whole file 256 wide (e.g. threshold crossings only) is one error, not every trial dropped in silence."""
+    rng = np.random.default_rng(5)
+    bad = root / S2 / "data_train.hdf5"
+    with h5py.File(bad, "r+") as f:
+        for key in list(f.keys()):
+            x = f[key]["input_features"][()]
+            del f[key]["input_features"]
+            f[key].create_dataset("input_features", data=x[:, :256])
+    with pytest.raises(T15DataError, match=r"none of its 4 trials can be read \(4 bad_features\).*\(T, 512\)") as err:
+        T15Split(root, "train")
+    assert str(bad) in str(err.value)
+    with pytest.warns(T15DataWarning, match=f"skipping session {S2}"):
+        ds = T15Split(root, "train", on_bad_session="skip")
+    assert ds.sessions == [S1, S3]
+    # one bad trial among good ones stays a skipped trial of a kept session
+    write_trials(bad, [_trial(rng, S2, i) for i in range(3)])
+    with h5py.File(bad, "r+") as f:
+        x = f["trial_0001/input_features"][()]
+        del f["trial_0001/input_features"]
+        f["trial_0001"].create_dataset("input_features", data=x[:, :256])
+    ds = T15Split(root, "train")
+    assert ds.sessions == [S1, S2, S3] and ds.report.skipped_by_reason == {"bad_features": 1}
+
+
 def test_file_gone_after_indexing_names_the_file(root):
     ds = T15Split(root, "train", validate="none")
     (root / S1 / "data_train.hdf5").unlink()

@@ -94,6 +94,38 @@ def test_evaluate_test_split_gives_predictions_only(tmp_path, tiny_data_root, ti
     assert "wer" not in result["metrics"] and result["metrics"]["n_trials"] == 13
 
 
+def test_evaluate_names_what_it_could_not_read_in_metrics_and_summary(tmp_path, tiny_data_root, tiny_checkpoint):
+    import h5py
+
+    from mode_ssm.evaluation.evaluate import run_evaluation
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data_root, root)
+    sessions = sorted(p.name for p in root.iterdir() if (p / "data_val.hdf5").exists())
+    corrupt, damaged = root / sessions[0] / "data_val.hdf5", root / sessions[1] / "data_val.hdf5"
+    data = bytearray(corrupt.read_bytes())
+    at = data.find(b"SNOD")  # the file's symbol table: h5py raises RuntimeError, naming no file
+    data[at : at + 64] = b"\xa5" * 64
+    corrupt.write_bytes(bytes(data))
+    with h5py.File(damaged, "r+") as f:
+        del f["trial_0000"]["seq_class_ids"]  # one unreadable trial in an otherwise good session
+    args = [f"checkpoint={tiny_checkpoint}", "split=val", f"data.data_root={root}", "decoder=ctc_greedy"]
+    with pytest.raises(T15DataError, match=f"{corrupt}: unreadable trial list, file corrupt"):
+        run_evaluation(_compose("evaluate", args + [f"output_dir={tmp_path / 'ev0'}"]), tmp_path)
+    assert not (tmp_path / "ev0").exists()
+    with pytest.warns(UserWarning, match=f"skipping session {sessions[0]}"):
+        result = run_evaluation(_compose("evaluate", args + [f"output_dir={tmp_path / 'ev'}",
+                                                              "data.on_bad_session=skip"]), tmp_path)
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())["metrics"]
+    assert list(metrics["skipped_sessions"]) == [sessions[0]] and "corrupt" in metrics["skipped_sessions"][sessions[0]]
+    assert metrics["skipped_unreadable"] == 1 and metrics["skipped_unreadable_by_reason"] == {"missing_field": 1}
+    assert {p["session"] for p in read_csv(tmp_path / "ev" / "predictions.csv")} == set(sessions[1:])
+    summary = (tmp_path / "ev" / "summary.md").read_text()
+    assert f"session {sessions[0]} skipped (data.on_bad_session=skip)" in summary
+    assert f"1 unreadable trials were not decoded (1 missing_field): {damaged}:trial_0000" in summary
+    assert result["metrics"]["n_trials"] == metrics["n_trials"]
+
+
 def test_rnnt_decoders_and_tuning_share_the_evaluation_rows(tiny_data_root, tiny_checkpoint, tmp_path):
     from mode_ssm.evaluation.pipeline import decode_trials, open_split
     from mode_ssm.evaluation.search import RNNTSettings, WordDecoding, make_search

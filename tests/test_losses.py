@@ -92,6 +92,17 @@ def test_ctc_per_token_matches_torch_sum():
     torch.testing.assert_close(ours, per_trial.sum() / 12)
 
 
+def test_non_finite_rnnt_is_reported_like_ctc():
+    model = tiny_model()
+    batch = make_batch()
+    outputs = forward(model, batch, rnnt=True)
+    outputs["rnnt_joint"] = outputs["rnnt_joint"].clone()
+    outputs["rnnt_joint"][1, 0, 0, 3] = float("nan")
+    losses = compute_losses(model, batch, outputs, {"ctc": 1.0, "rnnt": 0.5})
+    assert losses["nonfinite"] == ["rnnt"] and math.isfinite(losses["ctc"].item())
+    assert math.isnan(losses["total"].item())
+
+
 def test_infeasible_ctc_is_reported_not_hidden():
     model = tiny_model()
     batch = make_batch()

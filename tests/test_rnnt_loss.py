@@ -197,8 +197,13 @@ def test_impossible_inputs_raise(change, message):
         rnnt_loss(**arguments)
 
 
-def test_non_finite_logits_inside_the_lattice_raise_instead_of_returning_nan():
+def test_non_finite_logits_inside_the_lattice_give_a_non_finite_loss_like_ctc():
     logits, targets, ll, tl = make_batch([4, 3], [2, 1], 4, 3, 5, torch.float32, seed=9)
+    clean = rnnt_loss(logits, targets, ll, tl, reduction="none")
     logits[1, 0, 0, 2] = float("nan")
-    with pytest.raises(ValueError, match="sequences \\[1\\]"):
-        rnnt_loss(logits, targets, ll, tl)
+    logits[0, 0, 2, 1] = float("nan")  # inside sequence 0's lattice, a node only blank leaves
+    losses = rnnt_loss(logits, targets, ll, tl, reduction="none")
+    assert torch.isnan(losses[1]) and not torch.isfinite(losses[0])
+    logits, targets, ll, tl = make_batch([4, 3], [2, 1], 4, 3, 5, torch.float32, seed=9)
+    logits[1, 3, 1, 2] = float("nan")  # outside sequence 1's lattice (T=3, U=1): never read
+    assert torch.equal(rnnt_loss(logits, targets, ll, tl, reduction="none"), clean)

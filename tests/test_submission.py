@@ -131,3 +131,41 @@ def test_make_submission_command_line(tmp_path, tiny_data_root, tiny_checkpoint)
     proc = run_script("make_submission.py", ["validate_only=true", "output=sub/submission.csv", "data.data_root=data",
                                              "work_dir=work"], tmp_path, expect_rc=1)
     assert f"{N_TEST - 1} rows but the test files" in proc.stderr
+
+
+def test_make_submission_counts_flagged_trials_and_answers_an_unreadable_session_only_when_asked(
+    tmp_path, tiny_data_root, tiny_checkpoint
+):
+    import h5py
+    import numpy as np
+    from helpers import run_script
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data_root, root)
+    trials = read_test_trials(root)
+    first, last = trials[0], trials[-1]
+    assert first.session != last.session
+    with h5py.File(root / first.session / "data_test.hdf5", "r+") as f:
+        f[first.key]["input_features"][0, :5] = np.nan  # decoded as 0, and counted
+        f[trials[1].key]["input_features"][...] = 0.0  # all channels constant
+    broken = root / last.session / "data_test.hdf5"
+    with h5py.File(broken, "r+") as f:  # every trial of the last session unreadable, the file itself listable
+        for key in f:
+            del f[key]["input_features"]
+    n_broken = sum(t.session == last.session for t in trials)
+    args = [f"checkpoint={tiny_checkpoint}", "data.data_root=data", "output=sub/submission.csv", "work_dir=work"]
+    proc = run_script("make_submission.py", args, tmp_path, expect_rc=1)
+    assert f"{broken}: none of its {n_broken} trials can be read ({n_broken} missing_field)" in proc.stderr
+    assert not (tmp_path / "sub" / "submission.csv").exists()  # nothing half-written
+    proc = run_script("make_submission.py", args + ["data.on_bad_session=skip"], tmp_path)
+    path = tmp_path / "sub" / "submission.csv"
+    assert validate_submission(path, root) == N_TEST
+    lines = path.read_text().splitlines()[1:]
+    answered = [line.split(",", 1)[1] for line, t in zip(lines, trials) if t.session == last.session]
+    assert answered == ["the"] * n_broken  # fallback_text
+    log = (tmp_path / "work" / "make_submission.log").read_text()
+    for text in (proc.stdout, log):
+        assert f"{n_broken} unreadable test trials answered with fallback_text 'the'" in text
+        assert f"session {last.session} skipped" in text
+        assert "2 test trials decoded despite breaking a training rule" in text
+        assert "non_finite" in text and "dead_channels" in text

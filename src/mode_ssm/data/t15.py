@@ -88,6 +88,12 @@ class T15DataError(ValueError):
     """Bad T15 input. The message names the file (and trial key) and the problem."""
 
 
+# What h5py raises when the bytes of a file are damaged: OSError for unreadable chunks and
+# headers, RuntimeError for a broken symbol table or heap, KeyError for an object header it cannot
+# open (h5py reports that as a missing name), ValueError for a malformed message.
+HDF5_ERRORS = (OSError, RuntimeError, KeyError, ValueError)
+
+
 class T15DataWarning(UserWarning):
     """Something in a data root was ignored or dropped; loading went on."""
 
@@ -634,14 +640,19 @@ class T15Split:
             raise T15DataError(f"{path}: empty file")
         try:
             f = h5py.File(path, "r")
-        except OSError as e:
+        except HDF5_ERRORS as e:
             raise T15DataError(f"{path}: not a readable HDF5 file, corrupt or truncated ({e})") from None
         refs: list[_TrialRef] = []
         skipped: list[SkippedTrial] = []
         flagged: list[FlaggedTrial] = []
         counts = SessionCounts()
         with f:
-            keys = _check_trial_keys(path, list(f.keys()))
+            try:
+                keys = _check_trial_keys(path, list(f.keys()))
+            except T15DataError:
+                raise
+            except HDF5_ERRORS as e:
+                raise T15DataError(f"{path}: unreadable trial list, file corrupt ({e})") from None
             if not keys and self.split == "train":
                 raise T15DataError(f"{path}: holds no trials; every session needs training data")
             for key in keys:
@@ -654,7 +665,9 @@ class T15Split:
                     skipped.append(SkippedTrial(str(path), key, p.reason, p.detail))
                     counts.total += 1
                     continue
-                except OSError as e:  # HDF5 refuses to read something inside an openable file
+                except T15DataError:
+                    raise
+                except HDF5_ERRORS as e:  # HDF5 refuses to read something inside an openable file
                     raise T15DataError(f"{path}:{key}: unreadable, file corrupt or truncated ({e})") from None
                 counts.total += 1
                 counts.kept += 1
@@ -665,6 +678,13 @@ class T15Split:
                         for p in broken
                     )
                 refs.append(ref)
+        if counts.total and not counts.kept and not any(t.reason in TRAINING_RULES for t in skipped):
+            reasons = Counter(t.reason for t in skipped)
+            raise T15DataError(
+                f"{path}: none of its {counts.total} trials can be read ("
+                + ", ".join(f"{n} {r}" for r, n in reasons.most_common())
+                + f"); first: {skipped[0].key}: {skipped[0].detail}"
+            )
         return refs, counts, skipped, flagged
 
     def _index_trial(
@@ -780,7 +800,7 @@ class T15Split:
             path = self._files[file_id]
             try:
                 handle = h5py.File(path, "r")
-            except OSError as e:
+            except HDF5_ERRORS as e:
                 raise T15DataError(f"{path}: cannot open ({e})") from None
             self._handles[file_id] = handle
         return handle
@@ -797,7 +817,9 @@ class T15Split:
         source = f"{self._files[ref.file_id]}:{ref.key}"
         try:
             x = self._file(ref.file_id)[ref.key]["input_features"][()]
-        except (KeyError, OSError) as e:
+        except T15DataError:
+            raise
+        except HDF5_ERRORS as e:
             raise T15DataError(f"{source}: cannot read input_features ({e})") from None
         if x.shape != (ref.n_time_steps, FILE_NUM_FEATURES):
             raise T15DataError(

@@ -13,6 +13,18 @@ from mode_ssm.metrics import flag_counts
 from mode_ssm.runtime.tracking import start_tracker
 
 
+def data_notes(report: Any) -> list[str]:
+    """Report lines for what the reader could not use: unreadable trials (not decoded) and skipped sessions."""
+    notes = []
+    if report.skipped_trials:
+        reasons = ", ".join(f"{n} {r}" for r, n in report.skipped_by_reason.most_common())
+        notes.append(f"{report.skipped_trials} unreadable trials were not decoded ({reasons}): "
+                     + "; ".join(f"{t.file}:{t.key}" for t in report.skipped[:5])
+                     + (" ..." if report.skipped_trials > 5 else ""))
+    notes += [f"session {s.session} skipped (data.on_bad_session=skip): {s.error}" for s in report.skipped_sessions]
+    return notes
+
+
 def run_evaluation(cfg: Any, launch_dir: str | Path, console: Any | None = None) -> dict[str, Any]:
     """``scripts/evaluate.py``: decode a split with a checkpoint and write the report (see configs/evaluate.yaml)."""
     launch_dir = Path(launch_dir)
@@ -20,8 +32,8 @@ def run_evaluation(cfg: Any, launch_dir: str | Path, console: Any | None = None)
         raise ValueError(f"split must be val or test, got {cfg.split!r}")
     out_dir = launch_dir / Path(str(cfg.output_dir))
     labelled = cfg.split != "test"
-    # every test trial needs a prediction, so nothing is validated away there
-    job = prepare(cfg, launch_dir, cfg.split, out_dir, validate=None if labelled else "none")
+    # every readable trial is decoded (rules="eval"); on test full validation still flags NaN/Inf and dead channels
+    job = prepare(cfg, launch_dir, cfg.split, out_dir, validate=None if labelled else "full")
     loaded, data, tta = job.loaded, job.data, job.tta
     if cfg.get("flow_bridge") is not None:
         bridge = getattr(loaded.model, "flow_bridge", None)
@@ -42,6 +54,7 @@ def run_evaluation(cfg: Any, launch_dir: str | Path, console: Any | None = None)
         f"(real-time factor {result.real_time_factor:.4f}, {loaded.device.type}, {int(cfg.torch_threads)} thread(s))",
     ]
     notes += [f"session {s} was not in training: decoded with the {result.days[s].note}" for s in unseen]
+    notes += data_notes(data.report)
     report = write_report(
         result.rows, out_dir, title=f"MODE-SSM evaluation ({cfg.split})", first_session=loaded.day_index.sessions[0],
         day_notes={s: d.note for s, d in result.days.items()}, unseen=unseen, notes=notes, labelled=labelled,
@@ -51,7 +64,9 @@ def run_evaluation(cfg: Any, launch_dir: str | Path, console: Any | None = None)
     metrics = {k: v for k, v in report["metrics"].items() if v is not None}
     metrics.update(decode_seconds=result.seconds, neural_seconds=result.neural_seconds,
                    real_time_factor=result.real_time_factor, unseen_sessions=unseen,
-                   flagged_by_reason=flag_counts(result.rows), skipped_unreadable=data.report.skipped_trials)
+                   flagged_by_reason=flag_counts(result.rows), skipped_unreadable=data.report.skipped_trials,
+                   skipped_unreadable_by_reason=dict(data.report.skipped_by_reason),
+                   skipped_sessions={s.session: s.error for s in data.report.skipped_sessions})
     write_text(out_dir / "metrics.json", json.dumps({"metrics": metrics, "tta": result.tta}, indent=2, default=str))
     tracker = start_tracker(cfg.wandb, out_dir, config_dict(cfg), launch_dir)
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -20,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import h5py
 
 from mode_ssm.atomic import atomic_open
-from mode_ssm.data.t15 import find_sessions
+from mode_ssm.data.t15 import HDF5_ERRORS, find_sessions
 from mode_ssm.decoding.lexicon_decoder import greedy_words
 from mode_ssm.evaluation.pipeline import prepare
 from mode_ssm.evaluation.reports import phoneme_ids
@@ -29,6 +30,8 @@ from mode_ssm.text import normalize_sentence
 HEADER = ("id", "text")
 MANIFEST_HEADER = ("id", "session", "block", "trial", "key")
 MAX_LISTED = 10
+
+log = logging.getLogger(__name__)
 
 
 class SubmissionError(ValueError):
@@ -60,8 +63,11 @@ def read_test_trials(data_root: str | Path) -> list[SubmissionTrial]:
                     attrs = f[key].attrs
                     out.append(SubmissionTrial(len(out), s.name, _maybe_int(attrs.get("block_num")),
                                          _maybe_int(attrs.get("trial_num")), key))
-        except OSError as e:
-            raise SubmissionError(f"{path}: not a readable HDF5 file ({e})") from None
+        except SubmissionError:
+            raise
+        except HDF5_ERRORS as e:
+            raise SubmissionError(f"{path}: not a readable HDF5 file, corrupt or truncated ({e}); "
+                                  "its trials cannot be listed, so no complete submission can be written") from None
     return out
 
 
@@ -79,6 +85,12 @@ def _maybe_int(v: Any) -> int | None:
         return None if v is None else int(v)
     except (TypeError, ValueError):
         return None
+
+
+def _trial_of(source: str) -> tuple[str, str]:
+    """(session, trial key) of a reader source "ROOT/SESSION/data_test.hdf5:trial_NNNN"."""
+    path, key = source.rsplit(":", 1)
+    return Path(path).parent.name, key
 
 
 def manifest_path(csv_path: str | Path) -> Path:
@@ -229,7 +241,12 @@ def fill_empty(
 def make_submission(cfg: Any, launch_dir: str | Path, console: Any | None = None) -> dict[str, Any]:
     """``scripts/make_submission.py``: decode every test trial and write a validated submission CSV."""
     launch_dir = Path(launch_dir)
-    say = console.print if console is not None else (lambda *_: None)
+
+    def say(line: str) -> None:  # to the console and to the run's log file (work_dir)
+        log.info("%s", line)
+        if console is not None:
+            console.print(line, markup=False, highlight=False)
+
     output = launch_dir / Path(str(cfg.output)).expanduser()
     if cfg.validate_only:
         if not cfg.data.data_root:
@@ -237,24 +254,49 @@ def make_submission(cfg: Any, launch_dir: str | Path, console: Any | None = None
         n = validate_submission(output, launch_dir / Path(str(cfg.data.data_root)).expanduser())
         say(f"{output}: valid submission, {n} rows")
         return {"rows": n, "output": output}
-    job = prepare(cfg, launch_dir, "test", launch_dir / Path(str(cfg.work_dir)), validate="none")
+    # every readable test trial is kept and decoded; full validation flags NaN/Inf, dead channels, lengths
+    job = prepare(cfg, launch_dir, "test", launch_dir / Path(str(cfg.work_dir)), validate="full")
     data_root, data = job.data_root, job.data
     trials = read_test_trials(data_root)
-    if len(data) != len(trials):
+    readable = {_trial_of(data.source(i)) for i in range(len(data))}
+    missing = [t for t in trials if (t.session, t.key) not in readable]
+    skip = cfg.data.get("on_bad_session", "error") == "skip"
+    if missing and not skip:
         raise SubmissionError(f"{data_root}: only {len(data)} of {len(trials)} test trials can be read, and every "
-                              f"one needs a row:\n{data.report.summary()}")
+                              f"one needs a row (data.on_bad_session=skip answers the unreadable ones with "
+                              f"fallback_text):\n{data.report.summary()}")
     say(f"decoding {len(data)} test trials of {data_root} with {cfg.decoder}"
         + (f" and test-time adaptation {job.tta.to_dict()}" if job.tta.enabled else ""))
     result = job.decode(log=say)
     texts, n_greedy, n_fallback = fill_empty(result.rows, job.words.pronunciation_index, str(cfg.fallback_text))
-    write_submission(texts, trials, output, result.rows)
+    rows: list[Mapping[str, Any]] = list(result.rows)
+    if missing:  # on_bad_session=skip: the unreadable trials still need a row
+        decoded = dict(zip((_trial_of(str(r["source"])) for r in rows), zip(texts, rows)))
+        filler = {"session": None, "source": ""}
+        pairs = [decoded.get((t.session, t.key), (str(cfg.fallback_text), {**filler, "session": t.session,
+                                                                            "source": f":{t.key}"})) for t in trials]
+        texts, rows = [p[0] for p in pairs], [p[1] for p in pairs]
+    write_submission(texts, trials, output, rows)
     n = validate_submission(output, data_root)
     unseen = [s for s, d in result.days.items() if not d.exact]
+    flagged = data.report.flagged_by_reason
     say(f"{output}: {n} rows, validated ({manifest_path(output).name} beside it names each row's trial)")
+    if missing:
+        by_session: dict[str, int] = {}
+        for t in missing:
+            by_session[t.session] = by_session.get(t.session, 0) + 1
+        say(f"{len(missing)} unreadable test trials answered with fallback_text {cfg.fallback_text!r} "
+            f"(data.on_bad_session=skip): " + ", ".join(f"{s} {k}" for s, k in by_session.items()))
+        for s in data.report.skipped_sessions:
+            say(f"session {s.session} skipped: {s.error}")
+    if flagged:
+        say(f"{data.report.flagged_trials} test trials decoded despite breaking a training rule "
+            f"(non-finite values decoded as 0): " + ", ".join(f"{n} {r}" for r, n in flagged.most_common()))
     if n_greedy or n_fallback:
         say(f"{n_greedy + n_fallback} empty decodes filled: {n_greedy} with no-LM greedy words, "
             f"{n_fallback} with fallback_text {cfg.fallback_text!r}")
     for s in unseen:
         say(f"session {s} was not in training: decoded with the {result.days[s].note}")
     return {"rows": n, "output": output, "filled_greedy": n_greedy, "filled_fallback": n_fallback,
+            "unreadable": len(missing), "flagged_by_reason": dict(flagged),
             "unseen_sessions": unseen, "seconds": result.seconds}

@@ -49,6 +49,8 @@ def rnnt_loss(
 
     Computed in float32 (float64 if the logits are float64). Raises ValueError
     on lengths or labels no lattice can hold, rather than returning 0 or NaN.
+    A non-finite logit inside a lattice gives that sequence a non-finite loss
+    (like CTC's infeasible alignments): the trainer counts it and skips the step.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -58,12 +60,7 @@ def rnnt_loss(
 
     symbols = emitted_symbols(targets.to(logits.device), target_lengths, blank)
     log_likelihood = _TransducerLogLikelihood.apply(logits, symbols, logit_lengths, target_lengths)
-    losses = -log_likelihood
-    if not bool(torch.isfinite(losses).all()):
-        raise ValueError(
-            f"RNN-T loss is not finite for sequences {torch.nonzero(~torch.isfinite(losses)).flatten().tolist()}: "
-            "the logits inside their lattices hold inf or NaN"
-        )
+    losses = -log_likelihood  # NaN/inf where a lattice holds a non-finite logit, as CTC: the caller skips it
     if reduction == "none":
         return losses
     if reduction == "sum":
