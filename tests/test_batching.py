@@ -207,3 +207,16 @@ def test_augmenter_from_mapping_train_and_eval():
     assert torch.equal(le, lengths) and torch.allclose(evaluated, gaussian_smooth(x, lengths, 2.0))
     with pytest.raises(ValueError, match="white_noise"):
         Augmenter({"white_nose_std": 1.0})
+
+
+def test_training_augmentation_keeps_dead_electrodes_dead():
+    """Noise on a constant channel would train the model on values it never sees: it zeroes them at evaluation."""
+    x, lengths = _padded_batch()
+    x[0, :, 2] = 0.7  # dead in trial 0 only
+    x[:, :, 5] = -0.3  # dead in every trial
+    augment = Augmenter({"white_noise_std": 1.0, "constant_offset_std": 0.5, "smooth_std": 2.0})
+    a, la = augment(x, lengths, torch.Generator().manual_seed(3))
+    inside = length_mask(la, a.shape[1])
+    assert torch.count_nonzero(a[:, :, 5]) == 0 and torch.count_nonzero(a[0, :, 2]) == 0
+    assert bool((a[1:, :, 2][inside[1:]] != 0).all())  # live elsewhere: augmented as usual
+    assert bool((a[:, :, 0][inside] != 0).all())

@@ -181,8 +181,9 @@ CASES = [
     (80, None, "", None),
     (80, None, "nan", "non_finite"),
     (80, None, "inf", "non_finite"),
-    (80, None, "constant_52", "dead_channels"),  # 52 > 51.2 = 10% of 512
-    (80, None, "constant_51", None),
+    (80, None, "constant_52", None),  # dead electrodes are kept (the model masks them)
+    (80, None, "constant_487", "too_few_live_channels"),  # 25 vary < 25.6 = 5% of 512
+    (80, None, "constant_486", None),  # 26 vary
     (2, [5], "", "too_short"),
     (1501, None, "", "too_long"),
     (1500, None, "", None),
@@ -200,7 +201,7 @@ CASES = [
     (80, None, "label_41", "bad_labels"),
     (80, None, "block_as_text", "bad_attribute"),
 ]
-METADATA_ONLY_REASONS = {"non_finite", "dead_channels"}
+METADATA_ONLY_REASONS = {"non_finite", "too_few_live_channels"}
 
 
 @pytest.fixture(scope="module")
@@ -231,11 +232,31 @@ def test_each_bad_trial_is_skipped_with_its_reason(damaged_root):
     assert all(s.file.endswith(f"{S1}/data_train.hdf5") for s in r.skipped)
     # every kept trial was streamed once; skipped-by-metadata trials were not
     assert r.bytes_read > 0
-    assert "dead_channels" in r.summary() and "too_long" in r.summary()
+    assert "too_few_live_channels" in r.summary() and "too_long" in r.summary()
     console = Console(record=True, width=200)
     console.print(r)
     rendered = console.export_text()
     assert S1 in rendered and "skipped: non_finite" in rendered and "│ all" in rendered
+
+
+def test_dead_electrodes_are_kept_and_counted_per_session(tmp_path):
+    """Electrodes die over the years of an implant: their trials train and decode, the report counts them."""
+    rng = np.random.default_rng(23)
+    trials = [_trial(rng, S1, i) for i in range(3)]
+    for t in trials:
+        t.features[:, 100:170] = 0.5  # 35 electrodes dead in every trial: 70 of 512 features constant
+    trials[1].features[:, 300:310] = -1.0  # 10 more constant in one trial only
+    write_trials(tmp_path / S1 / "data_train.hdf5", trials)
+    _write_session(tmp_path, S2, n_train=2, seed=6)
+    ds = T15Split(tmp_path, "train", validate="full")
+    assert len(ds) == 5 and ds.report.skipped == []
+    assert ds.report.per_session[S1].dead_channels == 70 and ds.report.per_session[S2].dead_channels == 0
+    assert ds.report.dead_channels == {S1: 70}
+    assert f"dead channels (constant in every trial, masked): {S1} 70" in ds.report.summary()
+    console = Console(record=True, width=200)
+    console.print(ds.report)
+    assert "dead channels" in console.export_text()
+    assert T15Split(tmp_path, "train", validate="metadata").report.per_session[S1].dead_channels is None
 
 
 def test_metadata_validation_skips_content_checks(damaged_root):
@@ -278,7 +299,7 @@ def test_eval_rules_keep_and_flag_trials_that_break_only_training_rules(tmp_path
     cases = [  # (steps, labels, damage)
         (80, None, ""),
         (2, [5], ""),  # too_short
-        (80, None, "constant_52"),  # dead_channels: 52 of 512 constant, > 10%
+        (80, None, "constant_500"),  # too_few_live_channels: 12 of 512 vary
         (80, None, "nan"),  # non_finite
         (80, None, "label_41"),  # bad_labels: cannot be read as a trial, skipped under both rules
         (80, None, "float64"),  # bad_features: likewise
@@ -293,34 +314,34 @@ def test_eval_rules_keep_and_flag_trials_that_break_only_training_rules(tmp_path
     train_rules = T15Split(tmp_path, "val", validate="full")
     assert len(train_rules) == 1 and train_rules.flags(0) == () and train_rules.report.flagged == []
     assert {s.key: s.reason for s in train_rules.report.skipped} == {
-        "trial_0001": "too_short", "trial_0002": "dead_channels", "trial_0003": "non_finite", **unreadable
+        "trial_0001": "too_short", "trial_0002": "too_few_live_channels", "trial_0003": "non_finite", **unreadable
     }  # fmt: skip
 
     ds = T15Split(tmp_path, "val", validate="full", rules="eval")
     assert len(ds) == 4 and len(ds.trial_lengths()) == 4
     assert {s.key: s.reason for s in ds.report.skipped} == unreadable
     r = ds.report
-    assert r.flagged_by_reason == {"too_short": 1, "dead_channels": 1, "non_finite": 1}
+    assert r.flagged_by_reason == {"too_short": 1, "too_few_live_channels": 1, "non_finite": 1}
     assert (r.total_trials, r.kept_trials, r.skipped_trials, r.flagged_trials) == (6, 4, 2, 3)
     assert r.per_session[S1].flagged == 3
-    assert [ds.flags(i) for i in range(len(ds))] == [(), ("too_short",), ("dead_channels",), ("non_finite",)]
+    assert [ds.flags(i) for i in range(len(ds))] == [(), ("too_short",), ("too_few_live_channels",), ("non_finite",)]
     assert [ex.flags for ex in ds] == [ds.flags(i) for i in range(len(ds))]
     assert [m["flags"] for m in ds.trial_metadata()] == [ds.flags(i) for i in range(len(ds))]
     assert ds.flagged_indices() == [1, 2, 3]
     assert [(f.session, f.block_num, f.trial_num, f.key, f.reason) for f in r.flagged] == [
         (S1, 3, 11, "trial_0001", "too_short"),
-        (S1, 3, 12, "trial_0002", "dead_channels"),
+        (S1, 3, 12, "trial_0002", "too_few_live_channels"),
         (S1, 3, 13, "trial_0003", "non_finite"),
     ]
-    assert r.flagged[1].detail == "52 of 512 channels constant" and r.flagged[2].detail == "1 NaN/Inf values"
+    assert r.flagged[1].detail == "12 of 512 channels vary" and r.flagged[2].detail == "1 NaN/Inf values"
     assert np.isnan(ds[3].features).sum() == 1 and ds[1].n_time_steps == 2  # values and lengths as in the file
     summary = r.summary()
-    assert "kept but flagged: 3 (too_short 1, dead_channels 1, non_finite 1)" in summary
-    assert "flagged t15.2023.08.11 block 3 trial 12 (trial_0002) dead_channels" in summary
+    assert "kept but flagged: 3 (too_short 1, too_few_live_channels 1, non_finite 1)" in summary
+    assert "flagged t15.2023.08.11 block 3 trial 12 (trial_0002) too_few_live_channels" in summary
     console = Console(record=True, width=200)
     console.print(r)
     rendered = console.export_text()
-    assert "kept but flagged: 3 (too_short 1, dead_channels 1, non_finite 1)" in rendered
+    assert "kept but flagged: 3 (too_short 1, too_few_live_channels 1, non_finite 1)" in rendered
     assert "flagged" in rendered.splitlines()[2]  # a column of its own
 
     # one trial may break two rules: it is flagged once, counted under each reason

@@ -19,7 +19,7 @@ SESSION = "t15.2023.08.18"  # a session the tiny checkpoint trained on
 
 
 def _with_bad_val_trials(src: Path, dst: Path) -> dict[str, str]:
-    """A copy of ``src`` whose SESSION val file gains a too-short, a dead-channel and a NaN trial."""
+    """A copy of ``src`` whose SESSION val file gains a too-short, an almost all-dead and a NaN trial."""
     shutil.copytree(src, dst)
     path = dst / SESSION / "data_val.hdf5"
     split = T15Split(dst, "val", sessions=[SESSION], validate="none")
@@ -30,13 +30,13 @@ def _with_bad_val_trials(src: Path, dst: Path) -> dict[str, str]:
     base = records[0]
     short = TrialRecord(base.features[:2].copy(), SESSION, base.block_num, 901, base.sentence, base.phoneme_ids)
     dead = base.features.copy()
-    dead[:, :300] = 0.0  # 300 of 512 features constant
+    dead[:, :500] = 0.0  # 500 of 512 features constant: 12 vary, below the floor
     nan = base.features.copy()
     nan[3, 7] = np.nan
     records += [short, TrialRecord(dead, SESSION, base.block_num, 902, base.sentence, base.phoneme_ids),
                 TrialRecord(nan, SESSION, base.block_num, 903, base.sentence, base.phoneme_ids)]
     write_trials(path, records)
-    return {"901": "too_short;too_few_frames_for_ctc", "902": "dead_channels", "903": "non_finite"}
+    return {"901": "too_short;too_few_frames_for_ctc", "902": "too_few_live_channels", "903": "non_finite"}
 
 
 def test_val_scores_every_readable_trial_and_counts_the_flagged(tmp_path, tiny_data_root, tiny_checkpoint):
@@ -61,7 +61,7 @@ def test_val_scores_every_readable_trial_and_counts_the_flagged(tmp_path, tiny_d
     flagged = {str(r["trial"]): r["flags"] for r in rows if r["flags"]}
     assert flagged == expected
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())["metrics"]
-    assert metrics["flagged_by_reason"] == {"too_short": 1, "too_few_frames_for_ctc": 1, "dead_channels": 1,
+    assert metrics["flagged_by_reason"] == {"too_short": 1, "too_few_frames_for_ctc": 1, "too_few_live_channels": 1,
                                            "non_finite": 1}
     assert metrics["n_trials"] == len(rows) and metrics["n_flagged"] == 3
     # the 2-bin trial gives the model no frame: it counts every reference phoneme as an error
@@ -79,13 +79,13 @@ def test_summarize_counts_unalignable_trials_as_errors_and_leaves_them_out_of_th
     rows = [
         {"n_phonemes": 10, "phoneme_errors": 2, "ctc_loss": 5.0, "mode_truth": -1, "mode_pred": None, "flags": ""},
         {"n_phonemes": 6, "phoneme_errors": 6, "ctc_loss": float("inf"), "mode_truth": -1, "mode_pred": None,
-         "flags": "too_short;dead_channels"},
+         "flags": "too_short;too_few_live_channels"},
     ]
     out = summarize(rows)
     assert out["per"] == pytest.approx(8 / 16)
     assert out["loss"] == pytest.approx(5.0 / 10)
     assert out["n_unalignable"] == 1 and out["n_flagged"] == 1
-    assert flag_counts(rows) == {"too_short": 1, "dead_channels": 1}
+    assert flag_counts(rows) == {"too_short": 1, "too_few_live_channels": 1}
 
 
 def test_lm_cache_is_keyed_on_what_built_it(tmp_path):

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 
 from mode_ssm.models.build import build_model, component_parameters, model_config, set_trainable
 from mode_ssm.models.flow_bridge import FlowBridge
-from mode_ssm.models.frontend import DayInputLayers, Preprocessor, zero_constant_channels
+from mode_ssm.data.augment import zero_constant_channels
+from mode_ssm.models.frontend import DayInputLayers, Preprocessor
 from mode_ssm.models.gru_baseline import GRUBaseline, GRUBaselineConfig
 from mode_ssm.models.heads import RNNTHead
 from mode_ssm.models.mode_ssm import ModeSSM, ModeSSMConfig

@@ -168,4 +168,4 @@ def test_make_submission_counts_flagged_trials_and_answers_an_unreadable_session
         assert f"{n_broken} unreadable test trials answered with fallback_text 'the'" in text
         assert f"session {last.session} skipped" in text
         assert "2 test trials decoded despite breaking a training rule" in text
-        assert "non_finite" in text and "dead_channels" in text
+        assert "non_finite" in text and "too_few_live_channels" in text

@@ -8,7 +8,8 @@ features), so a seeded generator reproduces an augmented batch exactly.
 :class:`Augmenter` applies them in the official baseline's order: random cut
 at the start, white noise, constant offset, Gaussian smoothing (which the
 baseline also applies at evaluation, so ``train=False`` keeps only it), then
-time masks on what the model finally sees.
+time masks on what the model finally sees. A channel constant over a trial (a
+dead electrode) gets no noise or offset: it is zeroed, as the model zeroes it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,37 @@ from torch import Tensor
 def length_mask(lengths: Tensor, max_len: int) -> Tensor:
     """lengths (B,) -> (B, T=max_len) bool, True inside each trial."""
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def masked_mean_var(x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-trial, per-channel mean and (biased) variance over valid time steps.
+
+    x (B, T, C), lengths (B,) -> mean (B, 1, C), var (B, 1, C). A trial of
+    length 0 gets mean 0 and variance 0.
+    """
+    mask = length_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
+    n = lengths.clamp(min=1).to(x.dtype)[:, None, None]
+    mean = (x * mask).sum(1, keepdim=True) / n
+    var = (((x - mean) * mask) ** 2).sum(1, keepdim=True) / n
+    return mean, var
+
+
+def live_channels(x: Tensor, lengths: Tensor, tol: float = 1e-6) -> Tensor:
+    """(B, 1, C) bool: channels that vary over the trial's valid steps (all of them for a trial under 2 steps)."""
+    _, var = masked_mean_var(x, lengths)
+    return (var > tol**2) | (lengths < 2)[:, None, None]
+
+
+def zero_constant_channels(x: Tensor, lengths: Tensor, tol: float = 1e-6) -> Tensor:
+    """Zero every channel that is constant over a trial's valid time steps.
+
+    x (B, T, C), lengths (B,) -> (B, T, C). A disconnected or saturated electrode
+    reads a constant; zeroing it makes the model's output independent of the
+    value it is stuck at. Trials shorter than 2 steps are left untouched (one
+    step is always "constant"). Padded steps are set to 0.
+    """
+    mask = length_mask(lengths, x.shape[1]).unsqueeze(-1)
+    return x * (live_channels(x, lengths, tol) & mask).to(x.dtype)
 
 
 def _check(features: Tensor, lengths: Tensor) -> None:
@@ -203,10 +235,15 @@ class Augmenter:
         c = self.config
         if train and c.random_cut > 0:
             features, lengths = random_time_cut(features, lengths, c.random_cut, generator, min_lengths)
-        if train and c.white_noise_std > 0:
-            features = add_white_noise(features, lengths, c.white_noise_std, generator)
-        if train and c.constant_offset_std > 0:
-            features = add_constant_offset(features, lengths, c.constant_offset_std, generator)
+        if train and (c.white_noise_std > 0 or c.constant_offset_std > 0):
+            # a dead electrode stays dead: noise on it would teach the model a channel it never sees at
+            # evaluation, where the model zeroes constant channels
+            live = live_channels(features, lengths)
+            if c.white_noise_std > 0:
+                features = add_white_noise(features, lengths, c.white_noise_std, generator)
+            if c.constant_offset_std > 0:
+                features = add_constant_offset(features, lengths, c.constant_offset_std, generator)
+            features = features * live.to(features.dtype)
         if c.smooth_std > 0:
             features = gaussian_smooth(features, lengths, c.smooth_std, c.smooth_kernel_size)
         if train and c.time_masks > 0 and c.time_mask_max_width > 0:

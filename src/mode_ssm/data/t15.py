@@ -50,7 +50,9 @@ THRESHOLD_CROSSING_FEATURES = 256  # the first 256 are threshold crossings, then
 BIN_SECONDS = 0.02
 MIN_TIME_STEPS = 3  # 60 ms: shorter than the 50 ms floor of a spoken trial
 MAX_TIME_STEPS = 1500  # 30 s
-MAX_DEAD_CHANNEL_FRACTION = 0.10
+# Dead or constant channels are kept (the model zeroes them, augmentation keeps them dead) and
+# counted per session; only a trial with almost nothing left that varies is refused.
+MIN_LIVE_CHANNEL_FRACTION = 0.05
 SPEAKING_MODES: tuple[str, ...] = ("vocalized", "silent")  # index = class id used in batches
 _SPEAKING_MODE_ALIASES = {"vocalized": 0, "vocalised": 0, "silent": 1}
 
@@ -67,13 +69,13 @@ SKIP_REASONS: dict[str, str] = {
     "too_long": f"more than {MAX_TIME_STEPS} bins (30 s)",
     "too_few_frames_for_ctc": "the model emits too few frames for CTC to align the labels",
     "non_finite": "NaN or Inf in the features",
-    "dead_channels": f"more than {MAX_DEAD_CHANNEL_FRACTION:.0%} of feature channels constant over the trial",
+    "too_few_live_channels": f"fewer than {MIN_LIVE_CHANNEL_FRACTION:.0%} of feature channels vary over the trial",
 }
 
 # Rules that only keep training clean: with rules="eval" a trial breaking them is kept and flagged.
 # Every other reason means the trial cannot be read as a trial and is skipped under both rule sets.
 TRAINING_RULES: frozenset[str] = frozenset(
-    {"too_short", "too_long", "too_few_frames_for_ctc", "non_finite", "dead_channels"}
+    {"too_short", "too_long", "too_few_frames_for_ctc", "non_finite", "too_few_live_channels"}
 )
 
 _TRIAL_KEY = re.compile(r"trial_(\d{4,})")
@@ -256,6 +258,7 @@ class SessionCounts:
     total: int = 0
     kept: int = 0
     flagged: int = 0  # kept trials that break a training rule (rules="eval")
+    dead_channels: int | None = None  # channels constant in every trial (validate="full"; None: not read)
 
     @property
     def skipped(self) -> int:
@@ -308,8 +311,13 @@ class ValidationReport:
     def flagged_by_reason(self) -> Counter[str]:
         return Counter(f.reason for f in self.flagged)
 
+    @property
+    def dead_channels(self) -> dict[str, int]:
+        """Per session with any: channels constant in every one of its trials (validate="full")."""
+        return {s: c.dead_channels for s, c in self.per_session.items() if c.dead_channels}
+
     def flagged_line(self) -> str:
-        """e.g. ``kept but flagged: 3 (too_short 1, dead_channels 2)``."""
+        """e.g. ``kept but flagged: 3 (too_short 1, non_finite 2)``."""
         by_reason = ", ".join(f"{r} {n}" for r, n in self.flagged_by_reason.most_common())
         return f"kept but flagged: {self.flagged_trials}" + (f" ({by_reason})" if by_reason else "")
 
@@ -322,6 +330,9 @@ class ValidationReport:
         ]
         if self.flagged:
             lines.append(f"  {self.flagged_line()}")
+        if self.dead_channels:
+            lines.append("  dead channels (constant in every trial, masked): "
+                         + ", ".join(f"{s} {n}" for s, n in self.dead_channels.items()))
         for reason, n in sorted(self.skipped_by_reason.items(), key=lambda kv: -kv[1]):
             lines.append(f"  skipped {n:5d} {reason}: {SKIP_REASONS.get(reason, '')}")
         for s in self.skipped_sessions:
@@ -343,23 +354,27 @@ class ValidationReport:
     def rich_table(self):
         """A ``rich`` table: one row per session, then one per flag / skip reason and dropped session.
 
-        A "flagged" column (kept trials breaking a training rule) appears when any trial is flagged.
+        A "flagged" column (kept trials breaking a training rule) appears when any trial is flagged,
+        a "dead channels" column when a session has channels constant in all its trials.
         """
         from rich.table import Table
 
         rules = "" if self.rules == "train" else f", rules={self.rules}"
         table = Table(title=f"T15 {self.split} (validate={self.validate}{rules})")
         table.add_column("session / reason")
-        with_flags = bool(self.flagged)
-        columns = ("trials", "kept", "flagged", "skipped") if with_flags else ("trials", "kept", "skipped")
+        with_flags, with_dead = bool(self.flagged), bool(self.dead_channels)
+        columns = ("trials", "kept") + (("flagged",) if with_flags else ()) + ("skipped",) \
+            + (("dead channels",) if with_dead else ())
         for name in columns:
             table.add_column(name, justify="right")
 
-        def row(label: str, total: str, kept: str, flagged: str, skipped: str) -> None:
-            table.add_row(label, total, kept, *((flagged,) if with_flags else ()), skipped)
+        def row(label: str, total: str, kept: str, flagged: str, skipped: str, dead: str = "") -> None:
+            table.add_row(label, total, kept, *((flagged,) if with_flags else ()), skipped,
+                          *((dead,) if with_dead else ()))
 
         for session, c in self.per_session.items():
-            row(session, str(c.total), str(c.kept), str(c.flagged) if c.flagged else "", str(c.skipped) if c.skipped else "")
+            row(session, str(c.total), str(c.kept), str(c.flagged) if c.flagged else "",
+                str(c.skipped) if c.skipped else "", str(c.dead_channels) if c.dead_channels else "")
         row("[b]all[/b]", str(self.total_trials), str(self.kept_trials), str(self.flagged_trials), str(self.skipped_trials))
         if self.skipped or self.skipped_sessions or self.flagged:
             table.add_section()
@@ -529,7 +544,7 @@ class T15Split:
         rules: "train" skips every trial that breaks a rule. "eval" (for scoring
             val / test on every trial the files hold) keeps a trial that breaks only
             the training rules (:data:`TRAINING_RULES`: too_short, too_long,
-            too_few_frames_for_ctc, non_finite, dead_channels), records it in
+            too_few_frames_for_ctc, non_finite, too_few_live_channels), records it in
             ``report.flagged`` and in :meth:`flags`; unreadable trials are still
             skipped. Feature values are never changed (NaN/Inf stay for the caller).
         num_channels: 512 (all features) or 256 (threshold crossings only).
@@ -646,6 +661,7 @@ class T15Split:
         skipped: list[SkippedTrial] = []
         flagged: list[FlaggedTrial] = []
         counts = SessionCounts()
+        dead_in_all: np.ndarray | None = None
         with f:
             try:
                 keys = _check_trial_keys(path, list(f.keys()))
@@ -660,7 +676,7 @@ class T15Split:
                     group = f[key]
                     if not isinstance(group, h5py.Group):
                         raise T15DataError(f"{path}:{key}: is a dataset, expected a trial group")
-                    ref, broken = self._index_trial(info, path, key, group, file_id)
+                    ref, broken, dead = self._index_trial(info, path, key, group, file_id)
                 except _TrialProblem as p:
                     skipped.append(SkippedTrial(str(path), key, p.reason, p.detail))
                     counts.total += 1
@@ -671,6 +687,8 @@ class T15Split:
                     raise T15DataError(f"{path}:{key}: unreadable, file corrupt or truncated ({e})") from None
                 counts.total += 1
                 counts.kept += 1
+                if dead is not None:
+                    dead_in_all = dead if dead_in_all is None else dead_in_all & dead
                 if broken:
                     counts.flagged += 1
                     flagged.extend(
@@ -685,17 +703,21 @@ class T15Split:
                 + ", ".join(f"{n} {r}" for r, n in reasons.most_common())
                 + f"); first: {skipped[0].key}: {skipped[0].detail}"
             )
+        if dead_in_all is not None:
+            counts.dead_channels = int(dead_in_all.sum())
         return refs, counts, skipped, flagged
 
     def _index_trial(
         self, info: SessionInfo, path: Path, key: str, group: h5py.Group, file_id: int
-    ) -> tuple[_TrialRef, list[_TrialProblem]]:
-        """The trial's reference and the training rules it breaks (always empty with rules="train").
+    ) -> tuple[_TrialRef, list[_TrialProblem], np.ndarray | None]:
+        """The trial's reference, the training rules it breaks (always empty with rules="train") and
+        which of its channels are constant (with validate="full"; else None).
 
         Raises :class:`_TrialProblem` for a trial to skip.
         """
         attrs = dict(group.attrs)
         broken: list[_TrialProblem] = []
+        dead: np.ndarray | None = None
 
         def training_rule(reason: str, detail: str) -> None:
             problem = _TrialProblem(reason, detail)
@@ -764,9 +786,10 @@ class T15Split:
             # A trial already too short (kept only under rules="eval") is trivially constant: not judged.
             if x.shape[0] >= MIN_TIME_STEPS:
                 # max == min is exact where a std on float32 can come out a hair above zero
-                dead = int(np.count_nonzero(x.max(axis=0) == x.min(axis=0)))
-                if dead > MAX_DEAD_CHANNEL_FRACTION * x.shape[1]:
-                    training_rule("dead_channels", f"{dead} of {x.shape[1]} channels constant")
+                dead = x.max(axis=0) == x.min(axis=0)
+                live = int(np.count_nonzero(~dead))
+                if live < MIN_LIVE_CHANNEL_FRACTION * x.shape[1]:
+                    training_rule("too_few_live_channels", f"{live} of {x.shape[1]} channels vary")
 
         day = self.day_index.lookup(info.name)
         return _TrialRef(
@@ -783,7 +806,7 @@ class T15Split:
             corpus=self._corpus.get((info.name, block_num)),
             speaking_mode=speaking_mode,
             flags=tuple(dict.fromkeys(p.reason for p in broken)),
-        ), broken
+        ), broken, dead
 
     # -- reading ----------------------------------------------------------
 

@@ -32,7 +32,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from mode_ssm.models.frontend import length_mask
+from mode_ssm.data.augment import length_mask
 
 
 def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

@@ -21,12 +21,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from mode_ssm.data.augment import length_mask, masked_mean_var
+
 NORMS = ("trial", "layer", "none")
-
-
-def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    """lengths (B,) -> bool mask (B, max_len), True at valid time steps."""
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def select_channels(features: torch.Tensor, num_channels: int) -> torch.Tensor:
@@ -40,33 +37,6 @@ def select_channels(features: torch.Tensor, num_channels: int) -> torch.Tensor:
     if features.shape[-1] < num_channels:
         raise ValueError(f"model uses {num_channels} channels but the features have {features.shape[-1]}")
     return features[..., :num_channels]
-
-
-def masked_mean_var(x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-trial, per-channel mean and (biased) variance over valid time steps.
-
-    x (B, T, C), lengths (B,) -> mean (B, 1, C), var (B, 1, C). A trial of
-    length 0 gets mean 0 and variance 0.
-    """
-    mask = length_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
-    n = lengths.clamp(min=1).to(x.dtype)[:, None, None]
-    mean = (x * mask).sum(1, keepdim=True) / n
-    var = (((x - mean) * mask) ** 2).sum(1, keepdim=True) / n
-    return mean, var
-
-
-def zero_constant_channels(x: torch.Tensor, lengths: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
-    """Zero every channel that is constant over a trial's valid time steps.
-
-    x (B, T, C), lengths (B,) -> (B, T, C). A disconnected or saturated electrode
-    reads a constant; zeroing it makes the model's output independent of the
-    value it is stuck at. Trials shorter than 2 steps are left untouched (one
-    step is always "constant"). Padded steps are set to 0.
-    """
-    _, var = masked_mean_var(x, lengths)
-    alive = (var > tol**2) | (lengths < 2)[:, None, None]
-    mask = length_mask(lengths, x.shape[1]).unsqueeze(-1)
-    return x * (alive & mask).to(x.dtype)
 
 
 class DayInputLayers(nn.Module):

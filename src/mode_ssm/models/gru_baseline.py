@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mode_ssm.models.frontend import DayInputLayers, length_mask, select_channels
+from mode_ssm.data.augment import length_mask
+from mode_ssm.models.frontend import DayInputLayers, select_channels
 from mode_ssm.phonemes import NUM_CLASSES
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mode_ssm.models.frontend import length_mask
+from mode_ssm.data.augment import length_mask
 
 VOCALIZED, SILENT, UNKNOWN = 0, 1, -1
 CONDITIONINGS = ("film", "none")

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from mode_ssm.models.flow_bridge import FlowBridge
-from mode_ssm.models.frontend import DayInputLayers, Preprocessor, select_channels, zero_constant_channels
+from mode_ssm.data.augment import zero_constant_channels
+from mode_ssm.models.frontend import DayInputLayers, Preprocessor, select_channels
 from mode_ssm.models.heads import CTCHead, RNNTHead
 from mode_ssm.models.mode import ModeHead
 from mode_ssm.models.ssm import BiMambaEncoder
