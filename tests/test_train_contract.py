@@ -246,7 +246,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_exactly(workdir):
     assert first_id
     again = run_train(RESUME_ARGS + ["hydra.run.dir=outputs/resumed"], workdir, env)  # the same command again
     assert f"resuming {resumed / 'checkpoints' / 'last.pt'}: stage {killed_at['stage'] + 1}/4" in again.stdout
-    assert f"(global batch {killed_at['batch']})" in again.stdout
+    assert f"(global batch {killed_at['batch']}, optimizer step " in again.stdout
     # Offline, wandb keeps each process's records in a folder of its own named after the run id;
     # the killed process may not have flushed its log, the resumed one continues the same id.
     logs = find_run_logs(resumed / "wandb")
@@ -254,6 +254,11 @@ def test_sigkill_mid_epoch_then_rerun_resumes_exactly(workdir):
     assert read_run(logs[-1]).run_id == first_id
 
     assert _max_diff(_params(straight / "checkpoints" / "last.pt"), _params(resumed / "checkpoints" / "last.pt")) < 1e-6
+    # a finished run, rerun: it says so, exits 0 and trains nothing
+    before = (resumed / "checkpoints" / "last.pt").read_bytes()
+    finished = run_train(RESUME_ARGS + ["hydra.run.dir=outputs/resumed"], workdir, env)
+    assert "the run is finished (all 4 curriculum stages" in finished.stdout and "nothing to train" in finished.stdout
+    assert (resumed / "checkpoints" / "last.pt").read_bytes() == before
     a = load_checkpoint(straight / "checkpoints" / "last.pt")["position"]
     b = load_checkpoint(resumed / "checkpoints" / "last.pt")["position"]
     assert a["batch"] == b["batch"] and a["epoch"] == b["epoch"]
@@ -288,6 +293,67 @@ def test_kill_during_checkpoint_write_keeps_previous_and_resumes(workdir):
     run_train(RESUME_ARGS + ["hydra.run.dir=outputs/straight2"], workdir, env)
     assert _max_diff(_params(last), _params(workdir / "outputs" / "straight2" / "checkpoints" / "last.pt")) < 1e-6
     assert not list((crashed / "checkpoints").glob(".*tmp*"))  # the torn file was cleaned up or never renamed
+
+
+KILL_AT_STEP = """
+import os, signal, sys, runpy
+import torch
+real_clip, calls = torch.nn.utils.clip_grad_norm_, [0]
+def clip(*a, **k):  # called once per optimizer step, after backward, before the step
+    calls[0] += 1
+    if calls[0] == int(os.environ["KILL_AT_STEP"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_clip(*a, **k)
+torch.nn.utils.clip_grad_norm_ = clip
+sys.argv = [sys.argv[1]] + sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+# 60 optimizer steps across the CTC and joint stages, checkpoints every 5 steps (a kill loses up to 4 steps,
+# which the resume must redo identically)
+SIXTY = ["data.data_root=data/hdf5_data_final", "data.max_sessions=3", "training.batch_size=2",
+         "training.checkpoint_every_steps=5", "training.stages.0.epochs=1", "training.stages.1.epochs=20",
+         "training.stages.2.epochs=1", "training.stages.3.epochs=1"] + TINY
+
+
+def test_killed_at_five_points_and_resumed_ends_equal_to_one_uninterrupted_run(workdir):
+    """max_steps is a run total and a cut epoch resumes at its next batch: a 60-step run killed (SIGKILL)
+    at five points and resumed each time, and one stopped at 30 steps and rerun with 60, both end with
+    the uninterrupted run's parameters; rerunning a finished run trains nothing."""
+    env = user_env(workdir / "home")
+    straight = workdir / "outputs" / "straight"
+    run_train(SIXTY + ["training.max_steps=60", "hydra.run.dir=outputs/straight"], workdir, env)
+    done = load_checkpoint(straight / "checkpoints" / "last.pt")["position"]
+    assert done["optimizer_steps"] == 60 and done["stage"] == 1  # inside the joint stage: its epoch was cut
+    assert "cut_at_batch" in done["history"][-1]
+    reference = _params(straight / "checkpoints" / "last.pt")
+
+    killed = workdir / "outputs" / "killed"
+    cmd = [sys.executable, "-c", KILL_AT_STEP, TRAIN] + SIXTY + ["training.max_steps=60", "hydra.run.dir=outputs/killed"]
+    progress = []
+    for at in (7, 9, 13, 4, 11):  # per launch: the step whose gradients are in hand when the process dies
+        proc = subprocess.run(cmd, cwd=workdir, env=env | {"KILL_AT_STEP": str(at)}, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=240)
+        assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:] + proc.stderr[-3000:]
+        progress.append(load_checkpoint(killed / "checkpoints" / "last.pt")["position"]["optimizer_steps"])
+    assert progress == [5, 10, 20, 20, 30], progress  # five different kill points, one a kill before any new save
+    again = run_train(SIXTY + ["training.max_steps=60", "hydra.run.dir=outputs/killed"], workdir, env)
+    assert "optimizer step 30)" in again.stdout  # the resume line says from where
+    assert _max_diff(_params(killed / "checkpoints" / "last.pt"), reference) < 1e-6
+
+    # a run cut by its step budget and rerun with a larger one continues the cut epoch at its next batch
+    run_train(SIXTY + ["training.max_steps=30", "hydra.run.dir=outputs/thirty"], workdir, env)
+    thirty = workdir / "outputs" / "thirty" / "checkpoints" / "last.pt"
+    first = load_checkpoint(thirty)["position"]
+    assert first["optimizer_steps"] == 30 and 0 < first["batch_in_epoch"]
+    run_train(SIXTY + ["training.max_steps=60", "hydra.run.dir=outputs/thirty"], workdir, env)
+    assert _max_diff(_params(thirty), reference) < 1e-6
+
+    # the same command once more: nothing to train, exit 0, the checkpoint untouched
+    before = thirty.read_bytes()
+    proc = run_train(SIXTY + ["training.max_steps=60", "hydra.run.dir=outputs/thirty"], workdir, env)
+    assert "the run has reached training.max_steps=60 (60 optimizer steps" in proc.stdout
+    assert "nothing to train" in proc.stdout and thirty.read_bytes() == before
 
 
 def test_train_script_learns(workdir):

@@ -60,6 +60,8 @@ class Position:
     batch_in_epoch: int = 0  # micro-batches of this rank done in the current epoch
     batch: int = 0  # global micro-batch counter (the W&B `batch` axis)
     optimizer_steps_in_stage: int = 0
+    optimizer_steps: int = 0  # over the whole run, every launch: what training.max_steps counts
+    train_seconds: float = 0.0  # training-loop wall time over every launch: what time_budget_minutes counts
     nonfinite_batches: int = 0  # optimizer steps skipped for a non-finite loss or gradient
     best_wer: float = math.inf
     best_per: float = math.inf
@@ -128,6 +130,18 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
     if state is None:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
+    else:
+        _check_resumable(state, resume_path, stages)
+        done = _finished(Position(**state["position"]), stages, cfg)
+        if done:  # nothing to train: say so and leave everything as it is
+            pos = Position(**state["position"])
+            if ctx.is_main:
+                print(f"{resume_path}: {done}; nothing to train (a new hydra.run.dir starts a new run)")
+            summary = _summary(pos, ckpt_dir, None)
+            if ctx.is_main:
+                print_summary(summary)
+            distributed.cleanup(ctx)
+            return summary
 
     # ---- data ------------------------------------------------------------------------------
     data_root = resolve_data_root(cfg, launch_dir, ctx)
@@ -181,7 +195,6 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
     # what load_model rebuilds from: the model options and the input width
     model_cfg = OmegaConf.create({**OmegaConf.to_container(cfg.model, resolve=True), "num_channels": num_channels})
     if state:
-        _check_resumable(state, resume_path, stages)
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as e:
@@ -194,10 +207,9 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
     if state:
         pos = Position(**state["position"])
         if ctx.is_main:
-            where = (f"stage {pos.stage + 1}/{len(stages)} {stages[pos.stage].name}, epoch {pos.epoch_in_stage + 1} "
-                     f"of the stage, batch {pos.batch_in_epoch} of the epoch" if pos.stage < len(stages)
-                     else "after the last stage: the run is finished, nothing to train")
-            print(f"resuming {resume_path}: {where} (global batch {pos.batch})")
+            print(f"resuming {resume_path}: stage {pos.stage + 1}/{len(stages)} {stages[pos.stage].name}, "
+                  f"epoch {pos.epoch_in_stage + 1} of the stage, batch {pos.batch_in_epoch} of the epoch "
+                  f"(global batch {pos.batch}, optimizer step {pos.optimizer_steps})")
         set_rng_state(state["rng"])  # after model construction, which draws from the RNG
         aug_generator.set_state(state["aug_rng"])
     tracker = start_tracker(
@@ -210,6 +222,7 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
 
         Never with a non-finite parameter: the previous checkpoint stays, and training stops.
         """
+        pos.train_seconds = seconds_before + time.perf_counter() - train_start
         if not ctx.is_main:
             return
         bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
@@ -241,16 +254,17 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
     progress = Progress(enabled=ctx.is_main)
     max_steps = cfg.training.max_steps
     budget_s = 60.0 * cfg.training.time_budget_minutes if cfg.training.time_budget_minutes else math.inf
-    train_start = time.perf_counter()
-    total_steps = 0
+    train_start, seconds_before = time.perf_counter(), pos.train_seconds
 
     def out_of_budget() -> bool:
-        if max_steps and total_steps >= max_steps:
+        """Run totals over every launch: a resumed run stops where one uninterrupted run would."""
+        if max_steps and pos.optimizer_steps >= max_steps:
             return True
         if budget_s == math.inf:
             return False
         # rank 0's clock decides, so every rank stops at the same step
-        return bool(distributed.broadcast_object(ctx, time.perf_counter() - train_start > budget_s))
+        spent = seconds_before + time.perf_counter() - train_start
+        return bool(distributed.broadcast_object(ctx, spent > budget_s))
 
     accum = int(cfg.training.gradient_accumulation_steps)
     try:
@@ -321,7 +335,7 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
                         window_problems = []
                         optimizer.zero_grad(set_to_none=True)
                         pos.optimizer_steps_in_stage += 1
-                        total_steps += 1
+                        pos.optimizer_steps += 1
                     batch_time = time.perf_counter() - t0
                     metrics = {"train/loss": float(losses["total"].detach()) if finite else float("nan"),
                                "train/batch_time": batch_time, "batch": pos.batch, "epoch": pos.epoch,
@@ -340,6 +354,26 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
                         break
                 progress.end_epoch()
                 epoch_time = time.perf_counter() - epoch_start
+                if pos.batch_in_epoch < sampler.batches_per_rank:
+                    # cut by max_steps or the time budget: scored as it stands for the record and saved
+                    # there, so a rerun with a larger budget trains the epoch's remaining batches exactly as
+                    # one uninterrupted run would (the RNG state is saved as it was before this scoring)
+                    before_scoring = rng_state()
+                    val = evaluate(val_set)
+                    set_rng_state(before_scoring)
+                    cut = {"epoch": pos.epoch, "cut_at_batch": pos.batch_in_epoch, "stage": stage.name,
+                           "val/per": val.get("per"), "val/wer": _pct(val.get("wer")), "val/loss": val.get("loss")}
+                    pos.history.append({k: v for k, v in cut.items() if v is not None})
+                    tracker.log({k: v for k, v in cut.items() if k.startswith("val/") and v is not None})
+                    if ctx.is_main:
+                        print(f"stopped by {_budget_name(cfg)} in epoch {pos.epoch + 1} at batch "
+                              f"{pos.batch_in_epoch}/{sampler.batches_per_rank} (optimizer step "
+                              f"{pos.optimizer_steps}); rerun the same command with a larger budget to go on")
+                        progress.epoch_line({**cut, "time/epoch_seconds": epoch_time}, stage.name)
+                    if _improved(val, pos):
+                        checkpoint("best.pt", optimizer, scheduler)
+                    checkpoint("last.pt", optimizer, scheduler)
+                    break
                 # ---- end of epoch: validation on the whole val set, train/wer on a fixed sample --
                 val = evaluate(val_set)
                 train_eval = evaluate(train_set, train_wer_indices)
@@ -372,17 +406,7 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
                 break
             pos.next_stage()
             checkpoint("last.pt")
-        summary = {
-            "best_val_wer": _pct(pos.best_wer) if math.isfinite(pos.best_wer) else None,
-            "best_val_per": pos.best_per if math.isfinite(pos.best_per) else None,
-            "best_checkpoint": str(ckpt_dir / "best.pt"),
-            "last_checkpoint": str(ckpt_dir / "last.pt"),
-            "wandb_dir": str(run_dir / "wandb") if tracker.active else None,
-            "wandb_mode": tracker.mode if tracker.active else None,
-            "nonfinite_batches": pos.nonfinite_batches,
-            "epochs": pos.epoch,
-            "history": pos.history,
-        }
+        summary = _summary(pos, ckpt_dir, tracker)
         tracker.summary({k: v for k, v in summary.items() if k.startswith("best_") and v is not None})
         if ctx.is_main:
             print_summary(summary)
@@ -390,6 +414,44 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
     finally:
         tracker.finish()
         distributed.cleanup(ctx)
+
+
+def _finished(pos: Position, stages: list[Stage], cfg: DictConfig) -> str | None:
+    """Why a saved run has nothing left to train under ``cfg``, or None."""
+    if pos.stage >= len(stages):
+        return f"the run is finished (all {len(stages)} curriculum stages, {pos.optimizer_steps} optimizer steps)"
+    max_steps = cfg.training.max_steps
+    if max_steps and pos.optimizer_steps >= max_steps:
+        return (f"the run has reached training.max_steps={max_steps} ({pos.optimizer_steps} optimizer steps; "
+                "raise it to train on)")
+    minutes = cfg.training.time_budget_minutes
+    if minutes and pos.train_seconds >= 60.0 * minutes:
+        return (f"the run has spent training.time_budget_minutes={minutes} ({pos.train_seconds / 60:.1f} min of "
+                "training; raise it to train on)")
+    return None
+
+
+def _budget_name(cfg: DictConfig) -> str:
+    if cfg.training.max_steps:
+        return f"training.max_steps={cfg.training.max_steps}" + (
+            f" or time_budget_minutes={cfg.training.time_budget_minutes}" if cfg.training.time_budget_minutes else "")
+    return f"training.time_budget_minutes={cfg.training.time_budget_minutes}"
+
+
+def _summary(pos: Position, ckpt_dir: Path, tracker: Any | None) -> dict[str, Any]:
+    active = tracker is not None and tracker.active
+    return {
+        "best_val_wer": _pct(pos.best_wer) if math.isfinite(pos.best_wer) else None,
+        "best_val_per": pos.best_per if math.isfinite(pos.best_per) else None,
+        "best_checkpoint": str(ckpt_dir / "best.pt"),
+        "last_checkpoint": str(ckpt_dir / "last.pt"),
+        "wandb_dir": str(ckpt_dir.parent / "wandb") if active else None,
+        "wandb_mode": tracker.mode if active else None,
+        "nonfinite_batches": pos.nonfinite_batches,
+        "epochs": pos.epoch,
+        "optimizer_steps": pos.optimizer_steps,
+        "history": pos.history,
+    }
 
 
 def _pct(x: float | None) -> float | None:
