@@ -51,10 +51,56 @@ def test_each_model_trains_its_own_curriculum():
     (["data.validate=fulll"], r"data.validate=.fulll.: must be one of \[.full., .metadata., .none.\]"),
     (["device=gpu"], r"device=.gpu.: must be one of"),
     (["training.stages.0.components=[rnnt]"], r"trains \[.rnnt.\], which none of its losses \[.ctc.\] reaches"),
+    # the typed schema (training/schema.py): ranges, choices and keys nobody reads
+    (["training.batch_size=-4"], r"^training.batch_size=-4: must be >= 1$"),
+    (["data.on_bad_session=ignore"], r"^data.on_bad_session='ignore': must be one of \['error', 'skip'\]$"),
+    (["training.optimizer.betas=[0.9,1.5]"], r"training.optimizer.betas\[1\]=1.5: must be < 1"),
+    (["training.max_steps=0"], r"training.max_steps=0: must be >= 1"),
+    (["training.time_budget_minutes=-1"], r"training.time_budget_minutes=-1.0: must be > 0"),
+    (["data.sim_preset=huge"], r"data.sim_preset='huge': must be one of \['mini', 'bench', 'full'\]"),
+    (["+training.foo=1"], r"training.foo is not an option \(it would be ignored\); the options of training are"),
+    (["+seeds=1"], r"seeds is not an option"),
 ])
 def test_bad_configurations_are_named(overrides, message):
     with pytest.raises(ValueError, match=message):
         check_config(train_config(*overrides))
+
+
+@pytest.mark.parametrize("override, key, kind", [
+    ("training.batch_size=abc", "training.batch_size", "'abc' of type 'str' could not be converted to Integer"),
+    ("augmentation.smooth_std=wide", "augmentation.smooth_std", "could not be converted to Float"),
+    ("amp=maybe", "amp", "'maybe' is not a valid bool"),
+])
+def test_values_of_the_wrong_type_fail_while_composing_naming_the_key(override, key, kind):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as err:
+        train_config(override)
+    said = f"{err.value} {err.value.__cause__}"
+    assert f"full_key: {key}" in said and kind in said
+
+
+def test_evaluation_commands_check_their_options_before_loading_anything():
+    from mode_ssm.evaluation.evaluate import run_evaluation
+    from mode_ssm.evaluation.submission import make_submission
+    from mode_ssm.evaluation.tuning import tune
+
+    def compose_(name, *overrides):
+        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+            return compose(config_name=name, overrides=list(overrides))
+
+    with pytest.raises(ValueError, match=r"^checkpoint is required: give it on the command line"):
+        run_evaluation(compose_("evaluate"), REPO)
+    with pytest.raises(ValueError, match=r"^split='train': must be one of \['val', 'test'\]"):
+        run_evaluation(compose_("evaluate", "checkpoint=none.pt", "split=train"), REPO)
+    with pytest.raises(ValueError, match=r"^rnnt.beam=0: must be >= 1"):
+        run_evaluation(compose_("evaluate", "checkpoint=none.pt", "rnnt.beam=0"), REPO)
+    with pytest.raises(ValueError, match=r"^data.on_bad_session='ignore'"):
+        make_submission(compose_("make_submission", "checkpoint=none.pt", "data.on_bad_session=ignore"), REPO)
+    with pytest.raises(ValueError, match=r"^split='test': must be one of \['val'\]"):
+        tune(compose_("tune_decoder", "checkpoint=none.pt", "split=test"), REPO, None)
+    with pytest.raises(ValueError, match=r"^grid.beam\[1\]=0: must be >= 1"):
+        tune(compose_("tune_decoder", "checkpoint=none.pt", "grid.beam=[8,0]"), REPO, None)
 
 
 def test_plan_rejects_what_the_model_lacks_and_never_filters():

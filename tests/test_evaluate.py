@@ -169,6 +169,12 @@ def test_bad_inputs_are_named(tmp_path, tiny_data_root, tiny_checkpoint):
     torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
     with pytest.raises(CheckpointError, match=r"foreign\.pt: not a MODE-SSM training checkpoint: missing \['model'"):
         load_model(foreign)
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"model": CheckpointError("a Python object")}, pickled)
+    with pytest.raises(CheckpointError, match=r"pickled\.pt: not a MODE-SSM checkpoint: it holds Python objects "
+                                              r"\(mode_ssm.runtime.checkpoint.CheckpointError\)") as err:
+        load_model(pickled)
+    assert "weights_only" not in str(err.value)  # never the advice to load it unsafely
     garbage = tmp_path / "garbage.pt"
     garbage.write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match="garbage.pt: cannot be read"):

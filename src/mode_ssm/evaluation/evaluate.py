@@ -9,7 +9,9 @@ from typing import Any
 from mode_ssm.atomic import write_text
 from mode_ssm.evaluation.pipeline import config_dict, prepare
 from mode_ssm.evaluation.reports import write_report
+from mode_ssm.evaluation.schema import EvaluateSchema
 from mode_ssm.metrics import flag_counts
+from mode_ssm.runtime.schema import check_values
 from mode_ssm.runtime.tracking import start_tracker
 
 
@@ -27,9 +29,8 @@ def data_notes(report: Any) -> list[str]:
 
 def run_evaluation(cfg: Any, launch_dir: str | Path, console: Any | None = None) -> dict[str, Any]:
     """``scripts/evaluate.py``: decode a split with a checkpoint and write the report (see configs/evaluate.yaml)."""
+    check_values(cfg, EvaluateSchema)
     launch_dir = Path(launch_dir)
-    if cfg.split not in ("val", "test"):
-        raise ValueError(f"split must be val or test, got {cfg.split!r}")
     out_dir = launch_dir / Path(str(cfg.output_dir))
     labelled = cfg.split != "test"
     # every readable trial is decoded (rules="eval"); on test full validation still flags NaN/Inf and dead channels

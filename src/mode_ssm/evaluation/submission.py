@@ -25,6 +25,8 @@ from mode_ssm.data.t15 import HDF5_ERRORS, find_sessions
 from mode_ssm.decoding.lexicon_decoder import greedy_words
 from mode_ssm.evaluation.pipeline import prepare
 from mode_ssm.evaluation.reports import phoneme_ids
+from mode_ssm.evaluation.schema import SubmissionSchema
+from mode_ssm.runtime.schema import check_values
 from mode_ssm.text import normalize_sentence
 
 HEADER = ("id", "text")
@@ -240,6 +242,7 @@ def fill_empty(
 
 def make_submission(cfg: Any, launch_dir: str | Path, console: Any | None = None) -> dict[str, Any]:
     """``scripts/make_submission.py``: decode every test trial and write a validated submission CSV."""
+    check_values(cfg, SubmissionSchema)
     launch_dir = Path(launch_dir)
 
     def say(line: str) -> None:  # to the console and to the run's log file (work_dir)

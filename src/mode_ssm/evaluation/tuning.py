@@ -12,15 +12,16 @@ from rich.table import Table
 from mode_ssm.atomic import write_text
 from mode_ssm.evaluation.pipeline import prepare
 from mode_ssm.evaluation.reports import write_csv
+from mode_ssm.evaluation.schema import TuneSchema
 from mode_ssm.evaluation.search import WordDecoding
 from mode_ssm.metrics import summarize
 from mode_ssm.runtime.decode import word_scores as score_words
+from mode_ssm.runtime.schema import check_values
 
 
 def tune(cfg: Any, launch_dir: str | Path, console: Any) -> list[dict]:
     """``scripts/tune_decoder.py``: the model runs once over val, then the word search per grid setting."""
-    if cfg.split == "test":
-        raise ValueError("split=test has no labels to tune on; use val")
+    check_values(cfg, TuneSchema)  # split=test is refused there: it has no labels to tune on
     fixed = [k for k in ("lm_weight", "word_score", "beam") if cfg.decoding.get(k) is not None]
     if fixed:
         raise ValueError(f"decoding.{fixed[0]} is what the grid varies: set grid.{fixed[0]}=[...] instead")

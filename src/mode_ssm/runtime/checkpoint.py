@@ -9,7 +9,9 @@ while saving leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +38,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated or foreign files
-        raise CheckpointError(f"{path}: cannot be read as a MODE-SSM checkpoint ({type(e).__name__}: {e})") from None
+    except pickle.UnpicklingError as e:  # holds Python objects a checkpoint of ours never holds
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        raise CheckpointError(f"{path}: not a MODE-SSM checkpoint: it holds Python objects"
+                              f"{' (' + found.group(1) + ')' if found else ''} that our checkpoints never hold; "
+                              "it was not written by scripts/train.py and is not loaded") from None
+    except Exception as e:  # truncated, corrupt or foreign files
+        first = str(e).split(". ")[0].strip()
+        raise CheckpointError(f"{path}: cannot be read as a MODE-SSM checkpoint, truncated or corrupt "
+                              f"({type(e).__name__}: {first})") from None
 
 
 def rng_state() -> dict[str, Any]:

@@ -37,11 +37,13 @@ from mode_ssm.runtime.checkpoint import (
     CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
 from mode_ssm.runtime.decode import autocast_for, decode_split, move_batch
+from mode_ssm.runtime.schema import check_values
 from mode_ssm.runtime.tracking import start_tracker
 from mode_ssm.training.curriculum import LOSS_NAMES, Stage, plan_curriculum
 from mode_ssm.training.data import block_mode_targets, block_truth, build_word_decoder, resolve_data_root
 from mode_ssm.training.optim import parameter_groups
 from mode_ssm.training.progress import Progress, print_summary
+from mode_ssm.training.schema import TrainSchema
 from mode_ssm.training.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -89,17 +91,11 @@ def _make_optimizer(cfg: DictConfig, model: torch.nn.Module, components: tuple[s
     return optimizer, warmup_cosine(optimizer, steps, s.warmup_steps, s.min_lr_ratio), params
 
 
-CHOICES = {"device": ("auto", "cpu", "cuda"), "data.validate": ("full", "metadata", "none"),
-           "data.on_bad_session": ("error", "skip")}
-
-
 def check_config(cfg: DictConfig) -> list[Stage]:
-    """What can be checked before any data is read: choices, the model (keys and values, built on the meta
-    device: no memory, no random draws), the input width, the curriculum. Raises ValueError naming the key."""
-    for key, allowed in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in allowed:
-            raise ValueError(f"{key}={value!r}: must be one of {list(allowed)}")
+    """What can be checked before any data is read: every option's range and choices (the schema; its types
+    were checked when Hydra composed the config), the model (keys and values, built on the meta device: no
+    memory, no random draws), the input width, the curriculum. Raises ValueError naming the key."""
+    check_values(cfg, TrainSchema)
     num_channels = cfg.preprocessor.num_channels
     components = model_components(cfg.model, num_channels)  # ValueError naming a bad model key or width
     try:
