@@ -15,6 +15,7 @@ import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
+from mode_ssm.atomic import WriteError
 from mode_ssm.data.sentences import train_sentences
 from mode_ssm.data.t15 import T15DataError
 from mode_ssm.decoding.ngram import build_lm_from_sentences
@@ -30,7 +31,7 @@ def read_lines(path: Path, what: str) -> list[str]:
 def main(cfg: DictConfig) -> None:
     try:
         build(cfg)
-    except (FileNotFoundError, T15DataError, ValueError) as e:
+    except (FileNotFoundError, T15DataError, ValueError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -13,6 +13,7 @@ import hydra
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig
 
+from mode_ssm.atomic import WriteError
 from mode_ssm.data.t15 import T15DataError
 from mode_ssm.evaluation.evaluate import run_evaluation
 from mode_ssm.runtime.checkpoint import CheckpointError
@@ -27,7 +28,7 @@ def main(cfg: DictConfig) -> None:
     console = Console()
     try:
         result = run_evaluation(cfg, launch_dir=get_original_cwd(), console=console)
-    except (T15DataError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (T15DataError, CheckpointError, FileNotFoundError, ValueError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     console.print(f"report written to {result['out_dir']}")

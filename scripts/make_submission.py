@@ -13,6 +13,7 @@ import hydra
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig
 
+from mode_ssm.atomic import WriteError
 from mode_ssm.data.t15 import T15DataError
 from mode_ssm.evaluation.submission import make_submission
 from mode_ssm.runtime.checkpoint import CheckpointError
@@ -29,7 +30,7 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     try:
         make_submission(cfg, launch_dir=get_original_cwd(), console=Console())
-    except (T15DataError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (T15DataError, CheckpointError, FileNotFoundError, ValueError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

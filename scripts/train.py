@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig
 
+from mode_ssm.atomic import WriteError
 from mode_ssm.data.t15 import T15DataError
 from mode_ssm.runtime.checkpoint import CheckpointError
 from mode_ssm.training.trainer import TrainingAborted, check_config, train
@@ -39,7 +40,7 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     try:
         train(cfg, run_dir=HydraConfig.get().runtime.output_dir, launch_dir=get_original_cwd())
-    except (TrainingAborted, T15DataError, CheckpointError, FileNotFoundError) as e:
+    except (TrainingAborted, T15DataError, CheckpointError, FileNotFoundError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -13,6 +13,7 @@ import hydra
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig
 
+from mode_ssm.atomic import WriteError
 from mode_ssm.data.t15 import T15DataError
 from mode_ssm.evaluation.tuning import tune
 from mode_ssm.runtime.checkpoint import CheckpointError
@@ -26,7 +27,7 @@ def main(cfg: DictConfig) -> None:
 
     try:
         tune(cfg, Path(get_original_cwd()), Console())
-    except (T15DataError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (T15DataError, CheckpointError, FileNotFoundError, ValueError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -15,6 +15,15 @@ from typing import Iterator
 TMP_GLOB = ".*.tmp-*"
 
 
+class WriteError(OSError):
+    """An output could not be written (disk full, no permission, ...); the message names the file and says
+    the previous version, if there was one, is intact."""
+
+    def __init__(self, path: str | os.PathLike, cause: BaseException):
+        why = getattr(cause, "strerror", None) or str(cause).split("\n")[0]
+        super().__init__(f"{path}: cannot be written ({why}); its previous version, if any, is intact")
+
+
 def temporary_path(path: str | os.PathLike) -> Path:
     """The hidden temporary beside ``path`` that :func:`atomic_path` renames over it."""
     path = Path(path)
@@ -32,6 +41,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except WriteError:
+        raise
+    except OSError as e:  # disk full, read-only, permissions: the destination is untouched
+        raise WriteError(path, e) from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mode_ssm.atomic import atomic_open
+from mode_ssm.atomic import WriteError, atomic_open
 
 
 class CheckpointError(RuntimeError):
@@ -28,7 +28,10 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` atomically: a crash while saving leaves the previous file intact."""
     with atomic_open(path, "wb") as f:
-        torch.save(state, f)
+        try:
+            torch.save(state, f)
+        except RuntimeError as e:  # torch's zip writer reports a failed write (e.g. disk full) this way
+            raise WriteError(path, e) from None
     return Path(path)
 
 
