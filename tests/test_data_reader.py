@@ -360,6 +360,8 @@ def test_eval_rules_keep_and_flag_trials_that_break_only_training_rules(tmp_path
 def _corrupt(path: Path, how: str) -> None:
     if how == "garbage":
         path.write_bytes(b"this is not hdf5" * 100)
+    elif how == "empty":
+        path.write_bytes(b"")
     elif how == "truncated":
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
@@ -383,6 +385,7 @@ def _corrupt(path: Path, how: str) -> None:
     [
         ("garbage", "not a readable HDF5 file"),
         ("truncated", "truncated"),
+        ("empty", "empty file"),
         ("gap", "expected trial_0001, found trial_0002"),
         ("stray_key", r"\['metadata'\] are not trial groups"),
         ("missing", "missing file"),

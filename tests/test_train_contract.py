@@ -403,3 +403,24 @@ def test_a_nan_in_one_train_trial_never_reaches_the_weights(workdir, tiny_data_r
     assert f"{session} block {records[0].block_num} trial {records[0].trial_num}" in said
     assert "optimizer step skipped" in said and "non-finite input features" in said
     assert all(math.isfinite(h["val/per"]) for h in state["position"]["history"])
+
+
+def test_a_run_folder_of_another_model_or_curriculum_says_so_and_stops(workdir, tiny_checkpoint):
+    """Rerunning into a run folder with other options must not load mismatched weights or stages."""
+    from helpers import TINY_TRAIN
+
+    run = workdir / "outputs" / "theirs"
+    shutil.copytree(tiny_checkpoint.parent.parent, run)
+    last = run / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    env = user_env(workdir / "home")
+    base = ["data.data_root=data/hdf5_data_final", f"hydra.run.dir={run}"] + \
+        [a for a in TINY_TRAIN if not a.startswith("training.max_steps")]
+    for extra, said in ((["model.d_model=48"], "its weights belong to another model than model=mode_ssm"),
+                        (["curriculum=mode_ssm_ctc"], "this run was trained with the curriculum stages")):
+        proc = subprocess.run([sys.executable, TRAIN] + base + extra, cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert f"error: {last}: " in proc.stderr and said in proc.stderr and "Traceback" not in proc.stderr
+        assert "start a new hydra.run.dir" in proc.stderr
+    assert last.read_bytes() == before
