@@ -13,7 +13,7 @@ import torch
 from helpers import REPO, UNSEEN, run_script
 
 from mode_ssm.data.t15 import T15DataError
-from mode_ssm.metrics import block_mode_accuracy, summarize
+from mode_ssm.metrics import block_mode_accuracy, per_trial_errors, summarize
 from mode_ssm.phonemes import ids_to_string
 from mode_ssm.evaluation.reports import phoneme_confusions, phoneme_ids
 from mode_ssm.runtime.checkpoint import CheckpointError
@@ -81,17 +81,58 @@ def _compose(name: str, overrides: list[str]):
         return compose(config_name=name, overrides=overrides)
 
 
-def test_evaluate_test_split_gives_predictions_only(tmp_path, tiny_data_root, tiny_checkpoint):
+def test_evaluate_test_split_gives_predictions_only_without_the_truth_file(tmp_path, tiny_data_root, tiny_checkpoint):
+    from mode_ssm.data.truth import TEST_TRUTH
     from mode_ssm.evaluation.evaluate import run_evaluation
 
-    cfg = _compose("evaluate", [f"checkpoint={tiny_checkpoint}", "split=test", f"data.data_root={tiny_data_root}",
+    root = tmp_path / "real_like"  # as real data: no test labels anywhere
+    shutil.copytree(tiny_data_root, root, ignore=shutil.ignore_patterns(TEST_TRUTH))
+    cfg = _compose("evaluate", [f"checkpoint={tiny_checkpoint}", "split=test", f"data.data_root={root}",
                                 f"output_dir={tmp_path / 'ev'}", "decoder=ctc_greedy"])
     result = run_evaluation(cfg, tmp_path)
     preds = read_csv(tmp_path / "ev" / "predictions.csv")
     assert len(preds) == 13 and all(p["true_sentence"] == "" and p["word_errors"] == "" for p in preds)
     assert not (tmp_path / "ev" / "summary_by_session.csv").exists()
-    assert "no labels in this split" in (tmp_path / "ev" / "summary.md").read_text()
+    summary = (tmp_path / "ev" / "summary.md").read_text()
+    assert "no labels in this split" in summary and f"no {TEST_TRUTH} in {root}" in summary
     assert "wer" not in result["metrics"] and result["metrics"]["n_trials"] == 13
+
+
+def test_evaluate_scores_the_held_out_test_against_the_truth_file_and_nothing_else_reads_it(
+    tmp_path, tiny_data_root, tiny_checkpoint
+):
+    from mode_ssm.data.truth import TEST_TRUTH, read_test_truth
+    from mode_ssm.evaluation.evaluate import run_evaluation
+    from mode_ssm.evaluation.submission import read_test_trials
+
+    truth = read_test_truth(tiny_data_root)
+    trials = read_test_trials(tiny_data_root)  # the simulator wrote it in submission order
+    assert [(t.id, t.session, t.key, t.block, t.trial) for t in trials] == \
+        [(r.id, r.session, r.key, r.block, r.trial) for r in truth.values()]
+    args = [f"checkpoint={tiny_checkpoint}", "split=test", "decoder=ctc_lm"]
+    result = run_evaluation(_compose("evaluate", args + [f"data.data_root={tiny_data_root}",
+                                                          f"output_dir={tmp_path / 'ev'}"]), tmp_path)
+    preds = read_csv(tmp_path / "ev" / "predictions.csv")
+    assert len(preds) == 13
+    by_trial = {(r.session, r.block, r.trial): r for r in truth.values()}
+    words = errors = 0
+    for p in preds:  # exactly the truth's sentences, scored with the official normalisation
+        t = by_trial[(p["session"], int(p["block"]), int(p["trial"]))]
+        assert p["true_sentence"] == t.sentence
+        e = per_trial_errors([t.sentence], [p["predicted_sentence"]])[0]
+        assert int(p["word_errors"]) == e.n_errors and int(p["words"]) == e.n_ref_words
+        words, errors = words + e.n_ref_words, errors + e.n_errors
+        assert int(p["phoneme_errors"]) == editdistance.eval(list(t.phoneme_ids), phoneme_ids(p["predicted_phonemes"]))
+    assert result["metrics"]["wer"] == pytest.approx(errors / words)
+    assert "mode_accuracy" in result["metrics"]
+    assert f"test scored against {tiny_data_root / TEST_TRUTH}" in (tmp_path / "ev" / "summary.md").read_text()
+    # decoding never reads it: without the file every decoded output is the same
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_data_root, bare, ignore=shutil.ignore_patterns(TEST_TRUTH))
+    run_evaluation(_compose("evaluate", args + [f"data.data_root={bare}", f"output_dir={tmp_path / 'ev2'}"]), tmp_path)
+    bare_preds = read_csv(tmp_path / "ev2" / "predictions.csv")
+    assert [(p["predicted_sentence"], p["predicted_phonemes"], p["predicted_mode"]) for p in preds] == \
+        [(p["predicted_sentence"], p["predicted_phonemes"], p["predicted_mode"]) for p in bare_preds]
 
 
 def test_evaluate_names_what_it_could_not_read_in_metrics_and_summary(tmp_path, tiny_data_root, tiny_checkpoint):
@@ -177,8 +218,9 @@ def test_bad_inputs_are_named(tmp_path, tiny_data_root, tiny_checkpoint):
     assert "weights_only" not in str(err.value)  # never the advice to load it unsafely
     garbage = tmp_path / "garbage.pt"
     garbage.write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match="garbage.pt: cannot be read"):
+    with pytest.raises(CheckpointError, match="garbage.pt: cannot be read") as err:
         load_model(garbage)
+    assert "weights_only" not in str(err.value)
     # a data root whose sessions hold no test file
     root = tmp_path / "no_test"
     (root / "t15.2023.08.13").mkdir(parents=True)

@@ -424,3 +424,17 @@ def test_a_run_folder_of_another_model_or_curriculum_says_so_and_stops(workdir, 
         assert f"error: {last}: " in proc.stderr and said in proc.stderr and "Traceback" not in proc.stderr
         assert "start a new hydra.run.dir" in proc.stderr
     assert last.read_bytes() == before
+
+
+def test_training_never_reads_the_held_out_test_truth(workdir, tiny_data_root, tiny_checkpoint):
+    """The simulator's test_truth.csv sits in the data root: training without it gives the same weights."""
+    from helpers import TINY_TRAIN
+
+    from mode_ssm.data.truth import TEST_TRUTH
+
+    assert (tiny_data_root / TEST_TRUTH).is_file()
+    bare = workdir / "bare"
+    shutil.copytree(tiny_data_root, bare, ignore=shutil.ignore_patterns(TEST_TRUTH))
+    run_train([f"data.data_root={bare}", *TINY_TRAIN, "hydra.run.dir=outputs/bare"], workdir, user_env(workdir / "home"))
+    ours = _params(workdir / "outputs" / "bare" / "checkpoints" / "last.pt")
+    assert _max_diff(ours, _params(tiny_checkpoint.parent / "last.pt")) == 0.0

@@ -829,6 +829,7 @@ class T15Split:
         return handle
 
     def source(self, index: int) -> str:
+        """``ROOT/SESSION/data_SPLIT.hdf5:trial_NNNN`` (see :func:`session_and_key`)."""
         ref = self._refs[index]
         return f"{self._files[ref.file_id]}:{ref.key}"
 
@@ -931,6 +932,12 @@ class T15Split:
             + (f", rules={self.rules!r}" if self.rules != "train" else "")
             + ")"
         )
+
+
+def session_and_key(source: str) -> tuple[str, str]:
+    """(session folder, trial key) of a trial's ``source`` (:meth:`T15Split.source`, ``row["source"]``)."""
+    path, key = str(source).rsplit(":", 1)
+    return Path(path).parent.name, key
 
 
 def _check_trial_keys(path: Path, keys: list[str]) -> list[str]:

@@ -6,13 +6,43 @@ import json
 from pathlib import Path
 from typing import Any
 
+import editdistance
+import torch
+import torch.nn.functional as F
+
 from mode_ssm.atomic import write_text
+from mode_ssm.data.t15 import session_and_key, speaking_mode_id
+from mode_ssm.data.truth import TEST_TRUTH, TruthError, read_test_truth
 from mode_ssm.evaluation.pipeline import config_dict, prepare
-from mode_ssm.evaluation.reports import write_report
+from mode_ssm.evaluation.reports import phoneme_ids, write_report
 from mode_ssm.evaluation.schema import EvaluateSchema
 from mode_ssm.metrics import flag_counts
+from mode_ssm.phonemes import BLANK, ids_to_string
+from mode_ssm.runtime.decode import word_scores
 from mode_ssm.runtime.schema import check_values
 from mode_ssm.runtime.tracking import start_tracker
+
+
+def score_against_truth(rows: list[dict[str, Any]], truth: dict, data_root: Path) -> None:
+    """Fill test rows with their held-out labels and errors, as decode_split does for val rows."""
+    missing = []
+    for row in rows:
+        t = truth.get(session_and_key(row["source"]))
+        if t is None:
+            missing.append(row["source"])
+            continue
+        predicted = phoneme_ids(row["predicted_phonemes"])
+        log_probs = torch.from_numpy(row.pop("log_probs"))
+        ctc = F.ctc_loss(log_probs[:, None], torch.tensor([t.phoneme_ids]), torch.tensor([len(log_probs)]),
+                         torch.tensor([len(t.phoneme_ids)]), blank=BLANK, reduction="sum", zero_infinity=False)
+        row.update(ctc_loss=float(ctc), true_phonemes=ids_to_string(list(t.phoneme_ids)),
+                   phoneme_errors=editdistance.eval(list(t.phoneme_ids), predicted), n_phonemes=len(t.phoneme_ids),
+                   true_sentence=t.sentence, mode_truth=speaking_mode_id(t.speaking_mode))
+        if row.get("predicted_sentence") is not None:
+            row.update(word_scores(t.sentence, row["predicted_sentence"]))
+    if missing:
+        raise TruthError(f"{data_root / TEST_TRUTH}: no labels for {len(missing)} decoded test trials "
+                         f"(e.g. {missing[0]}); it does not belong to these test files")
 
 
 def data_notes(report: Any) -> list[str]:
@@ -46,7 +76,19 @@ def run_evaluation(cfg: Any, launch_dir: str | Path, console: Any | None = None)
     say = console.print if console is not None else (lambda *_: None)
     say(f"decoding {len(data)} {cfg.split} trials of {data_root} with {cfg.decoder}"
         + (f" and test-time adaptation {tta.to_dict()}" if tta.enabled else ""))
-    result = job.decode(log=say)
+    # the held-out truth of simulated test data is read only after decoding, to score
+    scoring_test = not labelled and (data_root / TEST_TRUTH).is_file()
+    result = job.decode(log=say, keep_log_probs=scoring_test)
+    truth_note = None
+    if not labelled:  # simulated data: score the held-out test against the truth file only now
+        truth = read_test_truth(data_root)
+        if truth is None:
+            truth_note = f"no {TEST_TRUTH} in {data_root} (real data has none): predictions only"
+        else:
+            score_against_truth(result.rows, truth, data_root)
+            labelled = True
+            truth_note = f"test scored against {data_root / TEST_TRUTH} (the held-out labels; nothing else reads them)"
+        say(truth_note)
     unseen = [s for s, d in result.days.items() if not d.exact]
     notes = [
         f"checkpoint {loaded.path}; data {data_root}; split {cfg.split}; decoder {cfg.decoder}; "
@@ -56,6 +98,8 @@ def run_evaluation(cfg: Any, launch_dir: str | Path, console: Any | None = None)
     ]
     notes += [f"session {s} was not in training: decoded with the {result.days[s].note}" for s in unseen]
     notes += data_notes(data.report)
+    if truth_note:
+        notes.append(truth_note)
     report = write_report(
         result.rows, out_dir, title=f"MODE-SSM evaluation ({cfg.split})", first_session=loaded.day_index.sessions[0],
         day_notes={s: d.note for s, d in result.days.items()}, unseen=unseen, notes=notes, labelled=labelled,

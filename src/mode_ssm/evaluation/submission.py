@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import h5py
 
 from mode_ssm.atomic import atomic_open
-from mode_ssm.data.t15 import HDF5_ERRORS, find_sessions
+from mode_ssm.data.t15 import HDF5_ERRORS, find_sessions, session_and_key
 from mode_ssm.decoding.lexicon_decoder import greedy_words
 from mode_ssm.evaluation.pipeline import prepare
 from mode_ssm.evaluation.reports import phoneme_ids
@@ -87,12 +87,6 @@ def _maybe_int(v: Any) -> int | None:
         return None if v is None else int(v)
     except (TypeError, ValueError):
         return None
-
-
-def _trial_of(source: str) -> tuple[str, str]:
-    """(session, trial key) of a reader source "ROOT/SESSION/data_test.hdf5:trial_NNNN"."""
-    path, key = source.rsplit(":", 1)
-    return Path(path).parent.name, key
 
 
 def manifest_path(csv_path: str | Path) -> Path:
@@ -261,7 +255,7 @@ def make_submission(cfg: Any, launch_dir: str | Path, console: Any | None = None
     job = prepare(cfg, launch_dir, "test", launch_dir / Path(str(cfg.work_dir)), validate="full")
     data_root, data = job.data_root, job.data
     trials = read_test_trials(data_root)
-    readable = {_trial_of(data.source(i)) for i in range(len(data))}
+    readable = {session_and_key(data.source(i)) for i in range(len(data))}
     missing = [t for t in trials if (t.session, t.key) not in readable]
     skip = cfg.data.get("on_bad_session", "error") == "skip"
     if missing and not skip:
@@ -274,7 +268,7 @@ def make_submission(cfg: Any, launch_dir: str | Path, console: Any | None = None
     texts, n_greedy, n_fallback = fill_empty(result.rows, job.words.pronunciation_index, str(cfg.fallback_text))
     rows: list[Mapping[str, Any]] = list(result.rows)
     if missing:  # on_bad_session=skip: the unreadable trials still need a row
-        decoded = dict(zip((_trial_of(str(r["source"])) for r in rows), zip(texts, rows)))
+        decoded = dict(zip((session_and_key(str(r["source"])) for r in rows), zip(texts, rows)))
         filler = {"session": None, "source": ""}
         pairs = [decoded.get((t.session, t.key), (str(cfg.fallback_text), {**filler, "session": t.session,
                                                                             "source": f":{t.key}"})) for t in trials]

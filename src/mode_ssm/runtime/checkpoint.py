@@ -41,10 +41,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:  # holds Python objects a checkpoint of ours never holds
+    except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
-        raise CheckpointError(f"{path}: not a MODE-SSM checkpoint: it holds Python objects"
-                              f"{' (' + found.group(1) + ')' if found else ''} that our checkpoints never hold; "
+        if found is None:  # not a pickle of objects at all: garbage or truncated
+            raise CheckpointError(f"{path}: cannot be read as a MODE-SSM checkpoint, truncated or corrupt "
+                                  "(not a torch zip archive or pickle)") from None
+        # it holds Python objects a checkpoint of ours never holds
+        raise CheckpointError(f"{path}: not a MODE-SSM checkpoint: it holds Python objects ({found.group(1)}) "
+                              "that our checkpoints never hold; "
                               "it was not written by scripts/train.py and is not loaded") from None
     except Exception as e:  # truncated, corrupt or foreign files
         first = str(e).split(". ")[0].strip()

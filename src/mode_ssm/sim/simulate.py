@@ -3,8 +3,10 @@
 A data root written here reads like the real ``hdf5_data_final/`` folder:
 ``t15.YYYY.MM.DD/data_train.hdf5`` (and ``data_val.hdf5``/``data_test.hdf5``
 where the session has Val/Test blocks), plus ``t15_copyTaskData_description.csv``
-describing what was simulated and ``simulation.json`` (preset, seed, versions,
-per-block speaking modes, normalisation, every generation parameter).
+describing what was simulated, ``simulation.json`` (preset, seed, versions,
+per-block speaking modes, normalisation, every generation parameter) and
+``test_truth.csv``, the test labels (:mod:`mode_ssm.data.truth`), which only
+scoring reads.
 
 Trials carry the release's datasets and attributes; train and val trials also
 carry ``speaking_mode`` ("vocalized" or "silent"), the only place the mode is
@@ -24,7 +26,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -32,6 +34,7 @@ import numpy as np
 
 import mode_ssm
 from mode_ssm.data.blocks import TABLE_FILENAME, write_block_table
+from mode_ssm.data.truth import TEST_TRUTH, TruthRow, write_test_truth
 from mode_ssm.data.writer import TrialRecord, write_trials
 from mode_ssm.sim.config import SimConfig, load_config, project_root
 from mode_ssm.sim.neural import (
@@ -122,6 +125,7 @@ def _dir_bytes(path: Path) -> int:
 def _write_root(plan: SimulationPlan, root: Path, progress: bool) -> dict[str, Any]:
     participant = make_participant(plan.seed, plan.config.neural)
     dead: dict[str, int] = {}
+    truth: list[TruthRow] = []  # the test labels, kept out of the session folders
     sessions = plan.sessions
     bar = None
     if progress:
@@ -142,13 +146,21 @@ def _write_root(plan: SimulationPlan, root: Path, progress: bool) -> dict[str, A
                         _records(chosen, split, plan.config.write_alignment),
                         with_labels=split != "test",
                     )
+                if split == "test":
+                    truth += [TruthRow(-1, session, s.trial.block_num, s.trial.trial_num, f"trial_{i:04d}",
+                                       s.trial.sentence, tuple(int(p) for p in s.trial.phoneme_ids),
+                                       s.trial.speaking_mode) for i, s in enumerate(chosen)]
             if bar is not None:
                 bar.advance(task)
     finally:
         if bar is not None:
             bar.stop()
     write_block_table(root / TABLE_FILENAME, plan.block_table())
+    if truth:  # ids in submission order: sessions chronologically (their names sort so), then file order
+        truth.sort(key=lambda r: r.session)  # stable: file order within a session
+        write_test_truth(root / TEST_TRUTH, [replace(r, id=i) for i, r in enumerate(truth)])
     return dead
+
 
 
 def simulation_record(plan: SimulationPlan, dead_electrodes: Mapping[str, int] | None = None) -> dict[str, Any]:
