@@ -31,8 +31,11 @@ def test_each_model_trains_its_own_curriculum():
     assert [(s.name, s.components, s.active_losses) for s in gru] == [("ctc", GRU, ["ctc"])]
     # a user may still choose: MODE-SSM trained with CTC alone
     only_ctc = check_config(train_config("curriculum=mode_ssm_ctc"))
-    assert [(s.name, s.active_losses) for s in only_ctc] == [("ctc_warmup", ["ctc"])]
+    assert [(s.name, s.active_losses) for s in only_ctc] == [("ctc_warmup", ["ctc"]), ("ctc_day_layers", ["ctc"])]
     assert "preprocessor" in only_ctc[0].components
+    # the day layers stay at the identity until CTC has found its alignment
+    assert "day_layers" not in only_ctc[0].components and "day_layers" in only_ctc[1].components
+    assert "day_layers" not in stages[0].components and "day_layers" in stages[1].components
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -360,7 +360,7 @@ def test_train_script_learns(workdir):
     """scripts/train.py itself, a few hundred steps on tiny data: the fixed train sample's PER falls from
     chance to a small fraction of it, and val PER moves well below the empty hypothesis's 1.0."""
     env = user_env(workdir / "home")
-    run_train(["data.data_root=data/hdf5_data_final", "curriculum=mode_ssm_ctc", "training.stages.0.epochs=16",
+    run_train(["data.data_root=data/hdf5_data_final", "curriculum=mode_ssm_ctc", "training.stages.0.epochs=16", "training.stages.1.epochs=0",
                "training.batch_size=4", "model.d_model=64", "model.n_layers=1", "model.head_dim=16",
                "model.chunk_size=16", "decoding.extra_vocabulary=100", "decoding.beam=8", "data.train_wer_trials=8",
                "hydra.run.dir=outputs/learn"], workdir, env, timeout=400)
@@ -393,7 +393,7 @@ def test_a_nan_in_one_train_trial_never_reaches_the_weights(workdir, tiny_data_r
     records[0].features[5, 3] = np.nan
     write_trials(root / session / "data_train.hdf5", records)
     env = user_env(workdir / "home")
-    proc = run_train([f"data.data_root={root}", "data.validate=none", "data.max_sessions=2", "curriculum=mode_ssm_ctc",
+    proc = run_train([f"data.data_root={root}", "data.validate=none", "data.max_sessions=2", "curriculum=mode_ssm_ctc", "training.stages.1.epochs=0",
                       "training.stages.0.epochs=2", "training.batch_size=4", "hydra.run.dir=outputs/nan"] + TINY,
                      workdir, env)
     state = load_checkpoint(workdir / "outputs" / "nan" / "checkpoints" / "last.pt")
