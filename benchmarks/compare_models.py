@@ -27,10 +27,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 # MODE-SSM runs its curriculum: CTC warm-up 7, joint 4, mode 2, denoise 1 epochs. Measured on
 # bench with batch 16 while another one-thread training ran beside it: ~115-130 s per CTC
-# epoch, ~150 s per joint epoch, ~70-90 s per mode epoch, so 30 minutes end after the mode
-# stage (the denoise stage trains only the flow bridge, which decoding leaves off by
-# default; rerunning the same train.py command resumes it). The GRU trains CTC for as long
-# as the budget lasts. `mode_ssm_no_film` is MODE-SSM without mode conditioning (the head
+# epoch, ~150 s per joint epoch, ~70-90 s per mode epoch, so 30 minutes end in the joint or mode
+# stage (the budget is a total for the run: rerunning the same command says it is spent; a
+# larger --minutes continues it). The GRU trains CTC for as long as the budget lasts. `mode_ssm_no_film` is MODE-SSM without mode conditioning (the head
 # is still trained and reported, its posterior is not used), for the on/off effect.
 CURRICULUM = ["training.stages.0.epochs=7", "training.stages.1.epochs=4", "training.stages.2.epochs=2",
               "training.stages.3.epochs=1"]
@@ -56,19 +55,26 @@ def train(name: str, overrides: list[str], args, out_dir: Path) -> dict:
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return summarize_run(name, run_dir, seconds)
+
+
+def summarize_run(name: str, run_dir: Path, seconds: float | None = None) -> dict:
+    """The figures of one trained run folder (also for a run trained earlier)."""
     from mode_ssm.runtime.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     history = ckpt["position"]["history"]
     trials = _train_trials_seen(run_dir)
-    best = min(history, key=lambda h: (h.get("val/per", 9.0)))
+    best = min(history, key=lambda h: (h.get("val/per", 9.0)))  # the epoch the budget cut counts too
+    whole = [h for h in history if "cut_at_batch" not in h]
     return {
-        "model": name, "seconds": round(seconds, 1), "epochs": len(history),
+        "model": name, "seconds": None if seconds is None else round(seconds, 1), "epochs": len(whole),
+        "cut_epoch_batches": history[-1].get("cut_at_batch"),
         "best_val_per": best.get("val/per"), "val_wer_at_best_per": best.get("val/wer"),
         "final_val_per": history[-1].get("val/per"), "final_val_wer": history[-1].get("val/wer"),
         "final_val_mode_accuracy_block": history[-1].get("val/mode_accuracy_block"),
         "stages_reached": sorted({h["stage"] for h in history}, key=[h["stage"] for h in history].index),
-        "train_trials_per_second": trials, "peak_rss_mb": round(max(h["time/peak_rss_mb"] for h in history)),
+        "train_trials_per_second": trials, "peak_rss_mb": round(max(h.get("time/peak_rss_mb", 0) for h in history)),
     }
 
 

@@ -69,8 +69,8 @@ def train(data: Path, run_dir: Path, sessions: int, minutes: float, epochs: int)
         "data.validate=metadata", "model=mode_ssm_small", "training.batch_size=16",
         # CTC only (TTA adapts what CTC decoding reads), `epochs` in all (warm-up at the identity day
         # layers, then with them) or the time budget
-        "curriculum=mode_ssm_ctc", f"training.stages.0.epochs={epochs // 2}",
-        f"training.stages.1.epochs={epochs - epochs // 2}", f"training.time_budget_minutes={minutes}",
+        "curriculum=mode_ssm_ctc", f"training.stages.0.epochs={max(1, epochs // 2)}",
+        f"training.stages.1.epochs={epochs - max(1, epochs // 2)}", f"training.time_budget_minutes={minutes}",
         "data.train_wer_trials=16", f"hydra.run.dir={run_dir}",
     ]
     print("training:", " ".join(cmd), flush=True)

@@ -52,7 +52,7 @@ def main() -> None:
     for col in ["run", "project", *args.keys, "epochs", "best val/wer %", "best val/per", "last val/wer %"]:
         table.add_column(col)
     for run in sorted(runs.values(), key=lambda r: _best(r.history, "val/wer") or math.inf):
-        epochs = [r for r in run.history if "val/wer" in r]
+        epochs = [r for r in run.history if "val/wer" in r and "val/cut_at_batch" not in r]  # whole epochs
         best_wer, best_per = _best(run.history, "val/wer"), _best(run.history, "val/per")
         table.add_row(
             run.name or run.run_id, run.project or "", *[str(_get(run.config, k)) for k in args.keys], str(len(epochs)),

@@ -13,6 +13,7 @@ Hydra's own record goes to outputs/simulate/<time>/.
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # per-block matrices are small; BLAS threads only contend
 
@@ -20,20 +21,25 @@ import hydra  # noqa: E402
 from hydra.utils import to_absolute_path  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from mode_ssm.atomic import WriteError  # noqa: E402
 from mode_ssm.sim import simulate  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="simulate")
 def main(cfg: DictConfig) -> None:
     output_dir = to_absolute_path(cfg.output_dir) if cfg.output_dir else None
-    summary = simulate(
-        cfg.preset,
-        output_dir,
-        seed=int(cfg.seed),
-        overwrite=bool(cfg.overwrite),
-        progress=True,
-        write_alignment=bool(cfg.write_alignment),
-    )
+    try:
+        summary = simulate(
+            cfg.preset,
+            output_dir,
+            seed=int(cfg.seed),
+            overwrite=bool(cfg.overwrite),
+            progress=True,
+            write_alignment=bool(cfg.write_alignment),
+        )
+    except (FileExistsError, ValueError, WriteError) as e:  # nothing half-written stays behind
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     counts = summary["counts"]
     print(
         f"{summary['preset']} (seed {summary['seed']}): {summary['n_sessions']} sessions, "

@@ -210,7 +210,7 @@ def test_augmenter_from_mapping_train_and_eval():
 
 
 def test_training_augmentation_keeps_dead_electrodes_dead():
-    """Noise on a constant channel would train the model on values it never sees: it zeroes them at evaluation."""
+    """A channel stuck at a value reads 0 in training (no noise, no offset) and at evaluation alike."""
     x, lengths = _padded_batch()
     x[0, :, 2] = 0.7  # dead in trial 0 only
     x[:, :, 5] = -0.3  # dead in every trial
@@ -220,3 +220,7 @@ def test_training_augmentation_keeps_dead_electrodes_dead():
     assert torch.count_nonzero(a[:, :, 5]) == 0 and torch.count_nonzero(a[0, :, 2]) == 0
     assert bool((a[1:, :, 2][inside[1:]] != 0).all())  # live elsewhere: augmented as usual
     assert bool((a[:, :, 0][inside] != 0).all())
+    # evaluation sees the same: the smoothing's zero padding would otherwise ramp a stuck channel at the edges
+    e, _ = augment(x, lengths, train=False)
+    assert torch.count_nonzero(e[:, :, 5]) == 0 and torch.count_nonzero(e[0, :, 2]) == 0
+    assert bool((e[1:, :, 2][length_mask(lengths, e.shape[1])[1:]] != 0).all())

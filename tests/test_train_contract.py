@@ -340,6 +340,14 @@ def test_killed_at_five_points_and_resumed_ends_equal_to_one_uninterrupted_run(w
     again = run_train(SIXTY + ["training.max_steps=60", "hydra.run.dir=outputs/killed"], workdir, env)
     assert "optimizer step 30)" in again.stdout  # the resume line says from where
     assert _max_diff(_params(killed / "checkpoints" / "last.pt"), reference) < 1e-6
+    # best.pt is chosen at epoch ends only, so it is the same too, and so are the whole epochs' scores
+    assert _max_diff(_params(killed / "checkpoints" / "best.pt"), _params(straight / "checkpoints" / "best.pt")) < 1e-6
+
+    def whole_epochs(run_dir):
+        history = load_checkpoint(run_dir / "checkpoints" / "last.pt")["position"]["history"]
+        return [(h["epoch"], round(h["val/per"], 9)) for h in history if "cut_at_batch" not in h]
+
+    assert whole_epochs(killed) == whole_epochs(straight) and len(whole_epochs(straight)) >= 1
 
     # a run cut by its step budget and rerun with a larger one continues the cut epoch at its next batch
     run_train(SIXTY + ["training.max_steps=30", "hydra.run.dir=outputs/thirty"], workdir, env)
@@ -348,6 +356,8 @@ def test_killed_at_five_points_and_resumed_ends_equal_to_one_uninterrupted_run(w
     assert first["optimizer_steps"] == 30 and 0 < first["batch_in_epoch"]
     run_train(SIXTY + ["training.max_steps=60", "hydra.run.dir=outputs/thirty"], workdir, env)
     assert _max_diff(_params(thirty), reference) < 1e-6
+    assert _max_diff(_params(thirty.parent / "best.pt"), _params(straight / "checkpoints" / "best.pt")) < 1e-6
+    assert whole_epochs(thirty.parent.parent) == whole_epochs(straight)
 
     # the same command once more: nothing to train, exit 0, the checkpoint untouched
     before = thirty.read_bytes()

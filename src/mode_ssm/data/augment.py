@@ -9,7 +9,7 @@ features), so a seeded generator reproduces an augmented batch exactly.
 at the start, white noise, constant offset, Gaussian smoothing (which the
 baseline also applies at evaluation, so ``train=False`` keeps only it), then
 time masks on what the model finally sees. A channel constant over a trial (a
-dead electrode) gets no noise or offset: it is zeroed, as the model zeroes it.
+dead electrode) is zeroed first, at evaluation too, and gets no noise or offset.
 """
 
 from __future__ import annotations
@@ -228,22 +228,23 @@ class Augmenter:
     ) -> tuple[Tensor, Tensor]:
         """features (B, T, C), lengths (B,) -> augmented features (B, T', C), lengths (B,).
 
-        ``train=False`` applies only the smoothing, which the model expects at evaluation too.
+        ``train=False`` applies only the zeroing of constant channels and the smoothing, which the
+        model expects at evaluation too.
         ``min_lengths`` (B,) bounds the random cut (see :func:`random_time_cut`).
         """
         _check(features, lengths)
         c = self.config
         if train and c.random_cut > 0:
             features, lengths = random_time_cut(features, lengths, c.random_cut, generator, min_lengths)
-        if train and (c.white_noise_std > 0 or c.constant_offset_std > 0):
-            # a dead electrode stays dead: noise on it would teach the model a channel it never sees at
-            # evaluation, where the model zeroes constant channels
-            live = live_channels(features, lengths)
-            if c.white_noise_std > 0:
-                features = add_white_noise(features, lengths, c.white_noise_std, generator)
-            if c.constant_offset_std > 0:
-                features = add_constant_offset(features, lengths, c.constant_offset_std, generator)
-            features = features * live.to(features.dtype)
+        # A dead electrode (a channel constant over the trial) reads 0 from here on, in training and at
+        # evaluation alike: before the smoothing, whose zero padding would otherwise turn a channel
+        # stuck at v != 0 into a ramp at the trial's edges, and through the noise and offsets.
+        live = live_channels(features, lengths).to(features.dtype)
+        features = features * live
+        if train and c.white_noise_std > 0:
+            features = add_white_noise(features, lengths, c.white_noise_std, generator) * live
+        if train and c.constant_offset_std > 0:
+            features = add_constant_offset(features, lengths, c.constant_offset_std, generator) * live
         if c.smooth_std > 0:
             features = gaussian_smooth(features, lengths, c.smooth_std, c.smooth_kernel_size)
         if train and c.time_masks > 0 and c.time_mask_max_width > 0:

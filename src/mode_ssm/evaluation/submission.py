@@ -287,8 +287,9 @@ def make_submission(cfg: Any, launch_dir: str | Path, console: Any | None = None
         for s in data.report.skipped_sessions:
             say(f"session {s.session} skipped: {s.error}")
     if flagged:
-        say(f"{data.report.flagged_trials} test trials decoded despite breaking a training rule "
-            f"(non-finite values decoded as 0): " + ", ".join(f"{n} {r}" for r, n in flagged.most_common()))
+        say(f"{data.report.flagged_trials} test trials decoded despite breaking a training rule"
+            + (" (non-finite values decoded as 0)" if "non_finite" in flagged else "") + ": "
+            + ", ".join(f"{n} {r}" for r, n in flagged.most_common()))
     if n_greedy or n_fallback:
         say(f"{n_greedy + n_fallback} empty decodes filled: {n_greedy} with no-LM greedy words, "
             f"{n_fallback} with fallback_text {cfg.fallback_text!r}")

@@ -4,7 +4,7 @@ Data flow (see ``ModeSSM.forward``)::
 
     features (B, T, 512)
       -> select_channels         256 threshold crossings only, or all 512
-      -> zero_constant_channels  dead electrodes, judged in electrode space
+      -> zero_constant_channels  dead electrodes, judged in electrode space (data/augment.py)
       -> DayInputLayers          one affine (+ softsign) layer per session day
       -> Preprocessor            per-trial channel normalisation, learned gates,
                                  strided conv stem (time / downsample)

@@ -1,7 +1,7 @@
 """MODE-SSM: the whole decoder in one file, top to bottom in the order data flows.
 
     features (B, T, C), feature_lengths (B,), day_index (B,)
-      -> select_channels, zero_constant_channels           frontend.py
+      -> select_channels (frontend.py), zero_constant_channels (data/augment.py)
       -> day_layers: DayInputLayers                        "which day is this"
       -> preprocessor: normalise, gate, conv stem           time / downsample
       -> encoder: BiMambaEncoder                            ssm.py

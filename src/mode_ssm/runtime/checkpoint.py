@@ -31,6 +31,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
         try:
             torch.save(state, f)
         except RuntimeError as e:  # torch's zip writer reports a failed write (e.g. disk full) this way
+            if "write" not in str(e).lower():
+                raise
             raise WriteError(path, e) from None
     return Path(path)
 
@@ -50,6 +52,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: not a MODE-SSM checkpoint: it holds Python objects ({found.group(1)}) "
                               "that our checkpoints never hold; "
                               "it was not written by scripts/train.py and is not loaded") from None
+    except OSError as e:  # permissions, I/O errors: the file may be fine
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
     except Exception as e:  # truncated, corrupt or foreign files
         first = str(e).split(". ")[0].strip()
         raise CheckpointError(f"{path}: cannot be read as a MODE-SSM checkpoint, truncated or corrupt "

@@ -43,6 +43,7 @@ class WandbSchema:
     run_name: Optional[str] = None
     tags: List[str] = option([])
     notes: Optional[str] = None
+    init_timeout: float = option(90.0, gt=0)  # seconds wandb.init may take before falling back to offline
 
 
 @dataclass

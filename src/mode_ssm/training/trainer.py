@@ -351,22 +351,28 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
                 progress.end_epoch()
                 epoch_time = time.perf_counter() - epoch_start
                 if pos.batch_in_epoch < sampler.batches_per_rank:
-                    # cut by max_steps or the time budget: scored as it stands for the record and saved
-                    # there, so a rerun with a larger budget trains the epoch's remaining batches exactly as
-                    # one uninterrupted run would (the RNG state is saved as it was before this scoring)
+                    # cut by max_steps or the time budget: scored as it stands for the record (best.pt is
+                    # chosen at epoch ends) and saved there, so a rerun with a larger budget trains the
+                    # epoch's remaining batches exactly as one uninterrupted run would (the RNG state is
+                    # saved as it was before this scoring)
                     before_scoring = rng_state()
                     val = evaluate(val_set)
                     set_rng_state(before_scoring)
                     cut = {"epoch": pos.epoch, "cut_at_batch": pos.batch_in_epoch, "stage": stage.name,
-                           "val/per": val.get("per"), "val/wer": _pct(val.get("wer")), "val/loss": val.get("loss")}
+                           "val/per": val.get("per"), "val/wer": _pct(val.get("wer")), "val/loss": val.get("loss"),
+                           "time/epoch_seconds": epoch_time,
+                           "time/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
                     pos.history.append({k: v for k, v in cut.items() if v is not None})
-                    tracker.log({k: v for k, v in cut.items() if k.startswith("val/") and v is not None})
+                    tracker.log({k: v for k, v in cut.items() if k.startswith("val/") and v is not None}
+                                | {"val/cut_at_batch": pos.batch_in_epoch})
                     if ctx.is_main:
                         print(f"stopped by {_budget_name(cfg)} in epoch {pos.epoch + 1} at batch "
                               f"{pos.batch_in_epoch}/{sampler.batches_per_rank} (optimizer step "
                               f"{pos.optimizer_steps}); rerun the same command with a larger budget to go on")
-                        progress.epoch_line({**cut, "time/epoch_seconds": epoch_time}, stage.name)
-                    if _improved(val, pos):
+                        progress.epoch_line(cut, stage.name)
+                    if not math.isfinite(pos.best_wer) and not math.isfinite(pos.best_per):
+                        # no epoch has ended yet (a short smoke run): best.pt is the only scored model so
+                        # far; the first epoch end replaces it, as it would in one uninterrupted run
                         checkpoint("best.pt", optimizer, scheduler)
                     checkpoint("last.pt", optimizer, scheduler)
                     break
@@ -414,7 +420,9 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
 
 def _finished(pos: Position, stages: list[Stage], cfg: DictConfig) -> str | None:
     """Why a saved run has nothing left to train under ``cfg``, or None."""
-    if pos.stage >= len(stages):
+    remaining = stages[pos.stage + 1:] if pos.stage < len(stages) else []
+    if pos.stage >= len(stages) or (pos.epoch_in_stage >= stages[pos.stage].epochs and
+                                    all(s.epochs == 0 for s in remaining)):
         return f"the run is finished (all {len(stages)} curriculum stages, {pos.optimizer_steps} optimizer steps)"
     max_steps = cfg.training.max_steps
     if max_steps and pos.optimizer_steps >= max_steps:
