@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import editdistance
 import torch
 import torch.nn.functional as F
 
@@ -17,8 +16,8 @@ from mode_ssm.evaluation.pipeline import config_dict, prepare
 from mode_ssm.evaluation.reports import phoneme_ids, write_report
 from mode_ssm.evaluation.schema import EvaluateSchema
 from mode_ssm.metrics import flag_counts
-from mode_ssm.phonemes import BLANK, ids_to_string
-from mode_ssm.runtime.decode import word_scores
+from mode_ssm.phonemes import BLANK
+from mode_ssm.runtime.decode import scores
 from mode_ssm.runtime.schema import check_values
 from mode_ssm.runtime.tracking import start_tracker
 
@@ -35,11 +34,8 @@ def score_against_truth(rows: list[dict[str, Any]], truth: dict, data_root: Path
         log_probs = torch.from_numpy(row.pop("log_probs"))
         ctc = F.ctc_loss(log_probs[:, None], torch.tensor([t.phoneme_ids]), torch.tensor([len(log_probs)]),
                          torch.tensor([len(t.phoneme_ids)]), blank=BLANK, reduction="sum", zero_infinity=False)
-        row.update(ctc_loss=float(ctc), true_phonemes=ids_to_string(list(t.phoneme_ids)),
-                   phoneme_errors=editdistance.eval(list(t.phoneme_ids), predicted), n_phonemes=len(t.phoneme_ids),
-                   true_sentence=t.sentence, mode_truth=speaking_mode_id(t.speaking_mode))
-        if row.get("predicted_sentence") is not None:
-            row.update(word_scores(t.sentence, row["predicted_sentence"]))
+        row.update(scores(list(t.phoneme_ids), predicted, t.sentence, row.get("predicted_sentence"), float(ctc)),
+                   mode_truth=speaking_mode_id(t.speaking_mode))
     if missing:
         raise TruthError(f"{data_root / TEST_TRUTH}: no labels for {len(missing)} decoded test trials "
                          f"(e.g. {missing[0]}); it does not belong to these test files")

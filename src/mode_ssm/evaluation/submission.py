@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -269,9 +270,8 @@ def make_submission(cfg: Any, launch_dir: str | Path, console: Any | None = None
     rows: list[Mapping[str, Any]] = list(result.rows)
     if missing:  # on_bad_session=skip: the unreadable trials still need a row
         decoded = dict(zip((session_and_key(str(r["source"])) for r in rows), zip(texts, rows)))
-        filler = {"session": None, "source": ""}
-        pairs = [decoded.get((t.session, t.key), (str(cfg.fallback_text), {**filler, "session": t.session,
-                                                                            "source": f":{t.key}"})) for t in trials]
+        pairs = [decoded.get((t.session, t.key), (str(cfg.fallback_text), {"session": t.session, "source": f":{t.key}"}))
+                 for t in trials]
         texts, rows = [p[0] for p in pairs], [p[1] for p in pairs]
     write_submission(texts, trials, output, rows)
     n = validate_submission(output, data_root)
@@ -279,9 +279,7 @@ def make_submission(cfg: Any, launch_dir: str | Path, console: Any | None = None
     flagged = data.report.flagged_by_reason
     say(f"{output}: {n} rows, validated ({manifest_path(output).name} beside it names each row's trial)")
     if missing:
-        by_session: dict[str, int] = {}
-        for t in missing:
-            by_session[t.session] = by_session.get(t.session, 0) + 1
+        by_session = Counter(t.session for t in missing)
         say(f"{len(missing)} unreadable test trials answered with fallback_text {cfg.fallback_text!r} "
             f"(data.on_bad_session=skip): " + ", ".join(f"{s} {k}" for s, k in by_session.items()))
         for s in data.report.skipped_sessions:

@@ -42,6 +42,18 @@ def word_scores(reference: str, hypothesis: str) -> dict[str, int]:
     return {"word_errors": t.n_errors, "n_words": t.n_ref_words}
 
 
+def scores(ref_ids: list[int], predicted_ids: list[int], sentence: str, hypothesis: str | None,
+           ctc_loss: float) -> dict[str, Any]:
+    """A labelled row's reference and errors (what :func:`mode_ssm.metrics.summarize` reads); word
+    errors only when there is a ``hypothesis``."""
+    out: dict[str, Any] = {"true_phonemes": ids_to_string(ref_ids), "n_phonemes": len(ref_ids),
+                           "phoneme_errors": editdistance.eval(ref_ids, predicted_ids), "ctc_loss": ctc_loss,
+                           "true_sentence": sentence}
+    if hypothesis is not None:
+        out.update(word_scores(sentence, hypothesis))
+    return out
+
+
 @torch.no_grad()
 def decode_split(
     model: torch.nn.Module,
@@ -99,14 +111,7 @@ def decode_split(
                 row["log_probs"] = log_probs[i, : int(out_lengths[i])].cpu().numpy()
             if labelled:
                 ref_ids = batch["phoneme_ids"][i, : batch["phoneme_lengths"][i]].tolist()
-                row.update(
-                    true_phonemes=ids_to_string(ref_ids),
-                    phoneme_errors=editdistance.eval(ref_ids, greedy[i]),
-                    n_phonemes=len(ref_ids),
-                    ctc_loss=float(ctc[i]),
-                    true_sentence=batch["sentences"][i],
-                )
-                if words is not None:
-                    row.update(word_scores(batch["sentences"][i], words[i]))
+                row.update(scores(ref_ids, greedy[i], batch["sentences"][i],
+                                  words[i] if words is not None else None, float(ctc[i])))
             rows.append(row)
     return gather_objects(ctx, rows)

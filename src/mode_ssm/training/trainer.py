@@ -128,12 +128,12 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
         np.random.seed(cfg.seed)
     else:
         _check_resumable(state, resume_path, stages)
-        done = _finished(Position(**state["position"]), stages, cfg)
+        saved = Position(**state["position"])
+        done = _finished(saved, stages, cfg)
         if done:  # nothing to train: say so and leave everything as it is
-            pos = Position(**state["position"])
             if ctx.is_main:
                 print(f"{resume_path}: {done}; nothing to train (a new hydra.run.dir starts a new run)")
-            summary = _summary(pos, ckpt_dir, None)
+            summary = _summary(saved, ckpt_dir, None)
             if ctx.is_main:
                 print_summary(summary)
             distributed.cleanup(ctx)
