@@ -10,8 +10,12 @@ import torch
 torch.set_num_threads(1)
 os.environ.setdefault("WANDB_SILENT", "true")
 
+# Simulator version 1: on so few blocks (21 train blocks) only its well-separated modes support a
+# two-mode split, so the mode head and FiLM's mode signal are exercised; version 2's data support
+# none there (tests/test_mode_pseudolabels.py covers that path).
 TINY_SIM = {
     "name": "tiny",
+    "version": 1,
     "sessions": ["t15.2023.08.13", "t15.2023.08.18", "t15.2023.08.20", "t15.2023.08.25"],
     "trial_fraction": 0.08,
     "max_words": 4,

@@ -23,6 +23,7 @@ from mode_ssm.sim import PRESETS, SIMULATION_JSON, simulate, simulate_session
 from mode_ssm.sim.config import load_config, project_root
 from mode_ssm.sim.corpus import SentenceGenerator
 from mode_ssm.sim.neural import (
+    FLAT,
     ctc_feasible,
     make_participant,
     normalize_session,
@@ -94,7 +95,7 @@ def test_root_layout_csv_and_json(root):
     meta = json.loads((root / SIMULATION_JSON).read_text())
     assert meta["seed"] == 0 and meta["preset"] == "tiny" and "preceding 20 trials" in meta["normalization"]
     assert {b["speaking_mode"] for b in meta["blocks"]} == {"vocalized", "silent"}
-    assert meta["config"]["neural"]["vocalized_wpm"] == 30.0
+    assert meta["config"]["version"] == 2 and meta["config"]["neural"]["vocalized_wpm"] == 32.0
     with open(root / TABLE_FILENAME) as f:
         assert "speaking" not in f.read().lower()  # the mode is not in the block table
 
@@ -148,10 +149,10 @@ def test_speaking_mode_only_in_its_attribute(root):
     assert set(modes) == {"vocalized", "silent"}
     by_mode = {m: {frozenset(t["attrs"]) for s in ("train", "val") for t in trials[s] if t["attrs"]["speaking_mode"] == m} for m in set(modes)}
     assert by_mode["vocalized"] == by_mode["silent"] == {frozenset(LABELLED_ATTRS)}
-    # and it is the mode the trial was simulated in: silent attempts run faster (~50 vs ~30 words/min)
+    # and it is the mode the trial was simulated in: silent attempts run faster (~42 vs ~32 words/min, overlapping)
     labelled = [t["attrs"] for s in ("train", "val") for t in trials[s]]
     bins_per_label = {m: np.median([a["n_time_steps"] / a["seq_len"] for a in labelled if a["speaking_mode"] == m]) for m in set(modes)}
-    assert bins_per_label["vocalized"] > 1.25 * bins_per_label["silent"], bins_per_label  # about 28.7 against 19.9
+    assert bins_per_label["vocalized"] > 1.1 * bins_per_label["silent"], bins_per_label  # about 25.4 against 21.9
     planned = {(t.session, t.block_num, t.trial_num): t.speaking_mode for t in make_plan(TINY, seed=0).trials()}
     assert [a["speaking_mode"] for a in labelled] == [planned[a["session"], a["block_num"], a["trial_num"]] for a in labelled]
 
@@ -163,9 +164,11 @@ def test_normalised_features_and_dead_channels(root):
     assert np.isfinite(x).all()
     dead = np.all(x == 0.0, axis=0)
     day = next(b.post_implant_day for b in read_block_table() if b.session == "t15.2025.01.12")
-    state = session_state(make_participant(0), day)
-    expected = np.concatenate([state.dead, state.dead])
-    assert np.array_equal(dead, expected) and 0 < dead.sum() < 0.1 * 512
+    participant = make_participant(0)
+    state = session_state(participant, day)
+    flat = state.dead & (participant.bad_kind == FLAT)  # noisy, drifting and intermittent bad electrodes still vary
+    expected = np.concatenate([flat, flat])
+    assert np.array_equal(dead, expected) and 0 < dead.sum() < 0.1 * 512 and flat.sum() < state.dead.sum()
     live = x[:, ~dead]
     assert abs(float(live.mean())) < 0.1 and 0.8 < float(live.std()) < 1.2
 
@@ -245,9 +248,10 @@ def test_words_per_minute_by_mode(raw_trials):
 
 
 def test_plan_rates_match_modes():
-    plan = make_plan("bench", seed=0)
-    wpm = {m: np.mean([t.words_per_minute for t in plan.trials() if t.speaking_mode == m]) for m in ("vocalized", "silent")}
-    assert 27 < wpm["vocalized"] < 33 and 45 < wpm["silent"] < 55
+    for version, (voc, sil) in {1: ((27, 33), (45, 55)), 2: ((29, 36), (38, 47))}.items():
+        plan = make_plan({**PRESETS["bench"], "version": version}, seed=0)
+        wpm = {m: np.mean([t.words_per_minute for t in plan.trials() if t.speaking_mode == m]) for m in ("vocalized", "silent")}
+        assert voc[0] < wpm["vocalized"] < voc[1] and sil[0] < wpm["silent"] < sil[1], (version, wpm)
     modes = [b.speaking_mode for b in plan.blocks]
     assert 0.25 < modes.count("silent") / len(modes) < 0.55
 

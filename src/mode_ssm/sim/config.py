@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from mode_ssm.sim.neural import NeuralParams
+from mode_ssm.sim.neural import NEURAL_V1, SIM_VERSIONS, NeuralParams
 
 MINI_SESSIONS = ("t15.2023.08.13", "t15.2023.10.22", "t15.2024.03.15", "t15.2025.01.12")
 # 11 sessions evenly spaced over the 45 (first to last day), so drift is visible.
@@ -26,6 +26,7 @@ BENCH_SESSIONS = (
 PRESETS: dict[str, dict[str, Any]] = {
     "mini": {
         "name": "mini",
+        "version": 2,
         "sessions": list(MINI_SESSIONS),
         "trial_fraction": 0.25,
         "max_words": 6,
@@ -35,6 +36,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "bench": {
         "name": "bench",
+        "version": 2,
         "sessions": list(BENCH_SESSIONS),
         "trial_fraction": 0.8,
         "max_words": None,
@@ -44,6 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "full": {
         "name": "full",
+        "version": 2,
         "sessions": None,
         "trial_fraction": 1.0,
         "max_words": None,
@@ -60,6 +63,7 @@ class SimConfig:
     """What to simulate (the seed is separate)."""
 
     name: str = "custom"
+    version: int = 2  # simulator version (SIM_VERSIONS); 1 writes the first version's data bit for bit
     sessions: tuple[str, ...] | None = None  # None: all 45 sessions of the block table
     trial_fraction: float = 1.0  # sentences per block relative to the real table (at least 1 per block)
     max_words: int | None = None  # cap on words per sentence (short sentences for quick demos)
@@ -67,6 +71,10 @@ class SimConfig:
     silent_fraction: float = 0.4  # share of blocks spoken in attempted silent mode
     neural: NeuralParams = dataclasses.field(default_factory=NeuralParams)
     write_alignment: bool = False  # add each trial's frame labels (attr frame_phoneme_ids); benchmarks only
+    # Val/test word mix: the grammar's chance of a hand-written core word (conversational 0.8) is
+    # scaled by this for val/test sentences only, so they lean on rarer words than the train text
+    # a language model is built from (version 2: 0.5; version 1: 1.0, the same mix).
+    val_test_core_weight: float = 0.5
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> "SimConfig":
@@ -75,6 +83,13 @@ class SimConfig:
         unknown = sorted(set(cfg) - names)
         if unknown:
             raise ValueError(f"unknown simulation setting(s) {unknown}; known: {sorted(names)}")
+        version = cfg.get("version", 2)
+        if version not in SIM_VERSIONS:
+            raise ValueError(f"simulator version must be one of {SIM_VERSIONS}, got {version!r}")
+        cfg["version"] = int(version)
+        core_weight = cfg.get("val_test_core_weight", 1.0 if version == 1 else 0.5)
+        if not 0.0 < float(core_weight) <= 1.25:
+            raise ValueError(f"val_test_core_weight must be in (0, 1.25], got {core_weight}")
         if cfg.get("sessions") is not None:
             cfg["sessions"] = tuple(str(s) for s in cfg["sessions"])
         if not 0.0 < float(cfg.get("trial_fraction", 1.0)) <= 10.0:
@@ -86,6 +101,11 @@ class SimConfig:
         if cfg.get("max_words") is not None and int(cfg["max_words"]) < 1:
             raise ValueError(f"max_words must be >= 1, got {cfg['max_words']}")
         neural = cfg.get("neural")
+        if version == 1:
+            # the first version's settings under whatever the caller set explicitly
+            cfg.setdefault("val_test_core_weight", 1.0)
+            if not isinstance(neural, NeuralParams):
+                neural = {**NEURAL_V1, **dict(neural or {})}
         cfg["neural"] = neural if isinstance(neural, NeuralParams) else NeuralParams.from_dict(neural)
         return cls(**cfg)
 

@@ -416,8 +416,9 @@ _Words = list[str]
 class Grammar:
     """Random sentences from templates; every method draws from ``rng`` and returns a word list."""
 
-    def __init__(self, vocabulary: Vocabulary):
+    def __init__(self, vocabulary: Vocabulary, core_weight: float = 1.0):
         self.v = vocabulary
+        self.core_weight = core_weight  # scales every chance of a hand-written core word
         self._plural_nouns = tuple(self.v.plurals)
         self._transitive = tuple(v for v in self.v.verbs if v.transitive)
         self._intransitive = tuple(v for v in self.v.verbs if not v.transitive)
@@ -434,7 +435,7 @@ class Grammar:
 
     def pick_core(self, rng: np.random.Generator, core: Sequence, full: Sequence, p_core: float):
         """From the hand-written core list with probability p_core (if non-empty), else from the full list."""
-        if core and rng.random() < p_core:
+        if core and rng.random() < min(1.0, p_core * self.core_weight):
             return self.pick(rng, core)
         return self.pick(rng, full)
 
@@ -672,12 +673,18 @@ class SentenceGenerator:
     'I think we bought a new car last year.'
     """
 
-    def __init__(self, vocabulary: Vocabulary | None = None, frequent_size: int = FREQUENT_VOCABULARY_SIZE):
+    def __init__(
+        self, vocabulary: Vocabulary | None = None, frequent_size: int = FREQUENT_VOCABULARY_SIZE, core_weight: float = 1.0
+    ):
+        """``core_weight`` scales the grammar's chance of a hand-written core word (below 1: rarer words)."""
         self.vocabulary = vocabulary or build_vocabulary()
-        self.grammar = Grammar(self.vocabulary)
+        self.grammar = Grammar(self.vocabulary, core_weight)
         frequent = set(frequency_list()[:frequent_size])
         # The template's function words are frequent by nature; categories are cut to the frequent set.
-        self.frequent_grammar = Grammar(self.vocabulary.restricted_to(frequent | {"i'm", "you're", "we're", "they're", "he's", "she's", "it's", "that's", "there's"}))
+        self.frequent_grammar = Grammar(
+            self.vocabulary.restricted_to(frequent | {"i'm", "you're", "we're", "they're", "he's", "she's", "it's", "that's", "there's"}),
+            core_weight,
+        )
 
     def _draw(self, corpus: str, rng: np.random.Generator) -> tuple[list[str], bool]:
         if corpus == "50-Word":

@@ -17,27 +17,42 @@ One participant (fixed by the seed) is simulated on any post-implant day:
    (a few smooth factors loaded on all channels) is added in log-rate.
    Threshold crossings are Poisson counts per 20 ms bin; spike band power is a
    log-normal function of the same rate and counts.
-3. Speaking modes. Attempted silent speech (faster, ~50 words/min) has weak
-   voicing and frication, a smaller jaw excursion, its own electrode gains and
-   a small mode-specific baseline shift; vocalized speech is ~30 words/min.
+3. Speaking modes. Attempted silent speech is faster (~42 words/min against
+   ~32 vocalized, version 2), has weak voicing and frication, a smaller jaw
+   excursion, more coarticulation (a wider smoothing of its targets), its own
+   electrode gains and a small mode-specific baseline shift. Block and trial
+   rates spread widely (log-sd 0.15 and 0.18) so the modes' block rates
+   overlap: rate alone does not tell them apart.
 4. Drift. Tuning, gains and baselines follow smooth random functions of the
    post-implant day (random-feature Gaussian processes) plus day-to-day
-   jitter; electrodes die one by one (staying well under 10 %); within a
-   session baselines and tuning drift slowly from block to block.
-5. Normalisation, as in the release: each session's features are z-scored
+   jitter; electrodes go bad one by one (staying well under 10 %); within a
+   session baselines and tuning drift slowly from block to block. A bad
+   electrode is flat (records nothing), noisy (broadband noise), drifting (no
+   tuning, a wandering baseline) or intermittent (drops out for a span in
+   some trials).
+5. Artefacts and timing. A few percent of trials carry 1-3 broadband bursts
+   (2-5 bins, most channels). Each electrode's activity leads the
+   articulation, and so the labels' timing, by 60-120 ms.
+6. Normalisation, as in the release: each session's features are z-scored
    per feature with the mean and standard deviation of the preceding 20
    trials (see :func:`normalize_session`).
 
+Versions (``SimConfig.version``): 2 is the default and everything above. 1 is
+the first simulator, kept bit for bit so figures can be compared: modes at
+30 and 50 words/min with block log-sd 0.08 (blocks ~6 SD apart), the same
+coarticulation in both modes, bad electrodes all flat, no artefacts, no
+neural lead, and val/test sentences from the same word mix as train.
+
 Everything is deterministic for (seed, day, block, trial).
 
-Calibration (``benchmarks/linear_probe.py``, bench preset, seed 0): a linear
+Calibration of version 1 (``benchmarks/linear_probe.py``, bench preset, seed 0): a linear
 per-frame classifier on 5 stacked bins reaches about 61 % frame accuracy on
 val (50 % on phoneme frames; chance 25 % / 10 % by majority class), 63 %
 vocalized vs 57 % silent; trained on the three earliest sessions it falls
 from 61 % on their val to 45 % on the three latest. The same classifier on
 whole phoneme segments with oracle boundaries reaches about 73 %. The
-defaults below were chosen for those figures; a recurrent CTC decoder has not
-been trained on them yet, so its phoneme error rate is not known.
+version 1 defaults were chosen for those figures; trained decoders' figures on
+both versions are in the README.
 """
 
 from __future__ import annotations
@@ -127,16 +142,37 @@ for _p, _i in PHONEME_TO_ID.items():
 # Segment kinds of a trial's timeline.
 SILENCE, PHONEME, PAUSE = 0, 1, 2
 
+# What a bad electrode records. flat: nothing (0 crossings, a floor of spike band power);
+# noisy: broadband noise unrelated to speech; drifting: no tuning, a baseline wandering within
+# and across trials; intermittent: its normal signal, lost for a span in some trials.
+BAD_CHANNEL_KINDS = ("flat", "noisy", "drifting", "intermittent")
+FLAT, NOISY, DRIFTING, INTERMITTENT = range(4)
+
+# Simulator versions. 2 (default) is the more realistic one; 1 reproduces the data of the
+# first version bit for bit: these neural settings plus the same word mix in val/test as in train.
+SIM_VERSIONS = (1, 2)
+NEURAL_V1: dict = {
+    "vocalized_wpm": 30.0,
+    "silent_wpm": 50.0,
+    "block_rate_jitter": 0.08,
+    "trial_rate_jitter": 0.12,
+    "silent_coarticulation_gain": 1.0,
+    "bad_channel_kinds": {"flat": 1.0},
+    "artefact_trial_fraction": 0.0,
+    "neural_lead_ms": (0.0, 0.0),
+}
+
 
 @dataclass(frozen=True)
 class NeuralParams:
     """Generation parameters (every number that shapes the data, recorded in simulation.json)."""
 
-    # speaking rate (words per minute of the speech span) and timing
-    vocalized_wpm: float = 30.0
-    silent_wpm: float = 50.0
-    block_rate_jitter: float = 0.08  # log-sd of a block's rate around its mode's
-    trial_rate_jitter: float = 0.12  # log-sd of a trial's rate around its block's
+    # speaking rate (words per minute of the speech span) and timing. Version 2: the modes'
+    # block rates overlap (log ratio 0.27 against a block log-sd of 0.15, ~1.8 SD apart).
+    vocalized_wpm: float = 32.0
+    silent_wpm: float = 42.0
+    block_rate_jitter: float = 0.15  # log-sd of a block's rate around its mode's
+    trial_rate_jitter: float = 0.18  # log-sd of a trial's rate around its block's
     duration_shape: float = 8.0  # gamma shape of per-phoneme duration jitter
     pause_weight_vocalized: float = 0.9  # mean inter-word pause, in units of a consonant's duration
     pause_weight_silent: float = 0.5
@@ -144,6 +180,7 @@ class NeuralParams:
     tail_silence_s: float = 0.7
     # latent trajectory
     coarticulation_ms: float = 60.0  # Gaussian smoothing sigma of the target trajectory
+    silent_coarticulation_gain: float = 1.3  # silent attempts blur their targets more (sigma x this)
     phoneme_target_jitter: float = 0.22  # participant-specific offset per phoneme (fixed for the seed)
     instance_jitter: float = 0.25  # per-occurrence target offset
     latent_noise: float = 0.15  # slow noise on the latent trajectory
@@ -178,6 +215,17 @@ class NeuralParams:
     dead_at_implant: int = 2  # electrodes dead from the start
     dead_by_last_day: int = 14  # further electrodes that die, uniformly over [0, last_day]
     last_day: int = 620
+    # what a bad electrode records: shares of the kinds in BAD_CHANNEL_KINDS (version 1: all flat)
+    bad_channel_kinds: dict[str, float] = field(
+        default_factory=lambda: {"flat": 0.2, "noisy": 0.45, "drifting": 0.2, "intermittent": 0.15}
+    )
+    intermittent_trial_fraction: float = 0.4  # trials in which an intermittent electrode drops out for a span
+    # transient artefacts: broadband bursts on many channels for a few bins
+    artefact_trial_fraction: float = 0.04  # share of trials with 1-3 bursts
+    artefact_log_rate: float = 2.0  # mean log-rate jump during a burst
+    # motor cortex leads the articulation: each electrode's activity precedes the labels' timing
+    # by a fixed lead drawn uniformly from this range (version 1: none, activity centred on the phoneme)
+    neural_lead_ms: tuple[float, float] = (60.0, 120.0)
     # drift within a session (from the first to the last block)
     within_session_baseline_sd: float = 0.15
     within_session_tuning_sd: float = 0.08
@@ -192,11 +240,17 @@ class NeuralParams:
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise ValueError(f"unknown neural parameter(s) {unknown}; known: {sorted(names)}")
-        for key in ("array_gain", "untuned_fraction"):
+        for key in ("array_gain", "untuned_fraction", "neural_lead_ms"):
             if key in overrides:
                 overrides[key] = tuple(float(x) for x in overrides[key])
         if "silent_latent_gain" in overrides:
             overrides["silent_latent_gain"] = dict(overrides["silent_latent_gain"])
+        if "bad_channel_kinds" in overrides:
+            kinds = {str(k): float(v) for k, v in dict(overrides["bad_channel_kinds"]).items()}
+            unknown_kinds = sorted(set(kinds) - set(BAD_CHANNEL_KINDS))
+            if unknown_kinds or not kinds or min(kinds.values()) < 0 or sum(kinds.values()) <= 0:
+                raise ValueError(f"bad_channel_kinds must give non-negative shares of {BAD_CHANNEL_KINDS}, got {kinds}")
+            overrides["bad_channel_kinds"] = kinds
         return cls(**overrides)
 
     def to_dict(self) -> dict:
@@ -274,10 +328,32 @@ class Participant:
     sbp_scale: np.ndarray  # (256,)
     silent_gain: np.ndarray  # (256,), extra log-gain in silent speech
     silent_shift: np.ndarray  # (256,), log-rate shift in silent speech
+    bad_kind: np.ndarray  # (256,) int, index into BAD_CHANNEL_KINDS: what the electrode records once dead
+    lead_bins: np.ndarray  # (256,) int, bins by which the electrode's activity leads the articulation
 
 
 # Independent random streams, so adding one kind of draw never shifts another.
-_STREAM_PARTICIPANT, _STREAM_SESSION, _STREAM_TRIAL = 11, 12, 13
+_STREAM_PARTICIPANT, _STREAM_SESSION, _STREAM_TRIAL, _STREAM_BAD_KIND, _STREAM_LEAD = 11, 12, 13, 14, 15
+
+
+def _bad_kinds(seed: int, params: NeuralParams) -> np.ndarray:
+    """(256,) kind of each electrode once it is bad, from its own stream (version 1 draws nothing)."""
+    shares = np.array([params.bad_channel_kinds.get(k, 0.0) for k in BAD_CHANNEL_KINDS])
+    if shares[FLAT] == shares.sum():
+        return np.full(N_ELECTRODES, FLAT)
+    rng = np.random.default_rng([int(seed), _STREAM_BAD_KIND])
+    return rng.choice(len(BAD_CHANNEL_KINDS), N_ELECTRODES, p=shares / shares.sum())
+
+
+def _lead_bins(seed: int, params: NeuralParams) -> np.ndarray:
+    """(256,) neural lead of each electrode in bins, uniform over ``neural_lead_ms`` (its own stream)."""
+    low, high = (ms / 1000 / BIN_SECONDS for ms in params.neural_lead_ms)
+    if not 0 <= low <= high:
+        raise ValueError(f"neural_lead_ms must be a range (low, high) with 0 <= low <= high, got {params.neural_lead_ms}")
+    if high == 0:
+        return np.zeros(N_ELECTRODES, dtype=np.int64)
+    rng = np.random.default_rng([int(seed), _STREAM_LEAD])
+    return np.rint(rng.uniform(low, high, N_ELECTRODES)).astype(np.int64)
 
 
 def make_participant(seed: int, params: NeuralParams | None = None) -> Participant:
@@ -320,6 +396,8 @@ def make_participant(seed: int, params: NeuralParams | None = None) -> Participa
         sbp_scale=rng.lognormal(np.log(30.0), 0.4, N_ELECTRODES),
         silent_gain=rng.normal(0.0, p.silent_gain_log_sd, N_ELECTRODES),
         silent_shift=rng.normal(0.0, p.silent_baseline_shift_sd, N_ELECTRODES),
+        bad_kind=_bad_kinds(seed, p),
+        lead_bins=_lead_bins(seed, p),
     )
 
 
@@ -428,9 +506,17 @@ def _smooth_noise(rng: np.random.Generator, n_bins: int, n_dims: int, sigma_bins
 
 
 def latent_trajectory(
-    participant: Participant, classes: np.ndarray, kinds: np.ndarray, durations: np.ndarray, rng: np.random.Generator
+    participant: Participant,
+    classes: np.ndarray,
+    kinds: np.ndarray,
+    durations: np.ndarray,
+    rng: np.random.Generator,
+    smoothing_gain: float = 1.0,
 ) -> np.ndarray:
-    """Articulatory latent over time. Segments (S,) x3 -> (T, N_LATENT) float64."""
+    """Articulatory latent over time. Segments (S,) x3 -> (T, N_LATENT) float64.
+
+    ``smoothing_gain`` scales the coarticulation sigma (silent attempts: ``silent_coarticulation_gain``).
+    """
     p = participant.params
     n_bins = int(durations.sum())
     seg = np.repeat(np.arange(classes.size), durations)
@@ -446,7 +532,7 @@ def latent_trajectory(
     speaking = _D["speaking"]
     start[kinds == PAUSE, speaking] = end[kinds == PAUSE, speaking] = p.pause_speaking_level
     z = start[seg] + frac[:, None] * (end - start)[seg]
-    z = gaussian_filter1d(z, p.coarticulation_ms / 1000 / BIN_SECONDS, axis=0, mode="nearest")
+    z = gaussian_filter1d(z, smoothing_gain * p.coarticulation_ms / 1000 / BIN_SECONDS, axis=0, mode="nearest")
     z += p.latent_noise * _smooth_noise(rng, n_bins, N_LATENT, p.latent_noise_ms / 1000 / BIN_SECONDS)
     return z
 
@@ -479,7 +565,8 @@ def trial_drive(
         raise ValueError(f"speaking mode {mode!r} is not one of {SPEAKING_MODES}")
     p = participant.params
     classes, kinds, durations = trial_timeline(phoneme_ids, words_per_minute, mode, rng, p)
-    z = latent_trajectory(participant, classes, kinds, durations, rng)
+    smoothing = p.silent_coarticulation_gain if mode == "silent" else 1.0
+    z = latent_trajectory(participant, classes, kinds, durations, rng, smoothing)
     shared = _smooth_noise(rng, z.shape[0], p.n_noise_factors, p.noise_factor_ms / 1000 / BIN_SECONDS)
     return TrialDrive(z, shared, float(rng.normal(0.0, p.trial_offset_sd)), frame_labels(classes, kinds, durations))
 
@@ -521,17 +608,88 @@ def block_features(
     # float32 from here: half the memory traffic, and ample precision for Poisson rates.
     log_rate = drive.astype(np.float32) @ weights.astype(np.float32) + log_base.astype(np.float32)[None, :]
     sbp_scale = participant.sbp_scale.astype(np.float32)
+    kind = np.where(state.dead, participant.bad_kind, -1)
     out = []
     for d, rng, chunk in zip(drives, rngs, np.split(log_rate, np.cumsum(lengths)[:-1])):
-        rate = np.minimum(np.exp(chunk + np.float32(d.offset)), np.float32(p.max_counts_per_bin))
+        # Draws that version 1 did not make come from a child stream, so its data stay bit-identical.
+        extra = rng.spawn(1)[0]
+        chunk = _lead(chunk, participant.lead_bins) + np.float32(d.offset)
+        chunk = _bad_channel_log_rate(chunk, kind, log_base, extra, p)
+        bursts = _artefact_mask(chunk.shape, extra, p)
+        if bursts is not None:
+            chunk = chunk + np.float32(p.artefact_log_rate) * bursts
+        rate = np.minimum(np.exp(chunk), np.float32(p.max_counts_per_bin))
         counts = rng.poisson(rate).astype(np.float32)
         # Spike band power follows the multi-unit rate, partly the very spikes counted, with log-normal noise.
         noise = np.exp(np.float32(p.sbp_noise) * rng.standard_normal(rate.shape, dtype=np.float32))
         sbp = sbp_scale * np.sqrt(0.5 * rate + 0.5 * counts + np.float32(0.2)) * noise
-        counts[:, state.dead] = 0.0
-        sbp[:, state.dead] = 0.1 * sbp_scale[state.dead]
+        off = _disconnected(chunk.shape, kind, extra, p)
+        counts[off] = 0.0
+        sbp[off] = (0.1 * np.broadcast_to(sbp_scale, sbp.shape))[off]
         out.append(np.concatenate([counts, sbp], axis=1))
     return out
+
+
+def _lead(log_rate: np.ndarray, lead_bins: np.ndarray) -> np.ndarray:
+    """Shift each electrode's log-rate (T, 256) earlier by its lead: bin t shows the drive of t + lead."""
+    if not lead_bins.any():
+        return log_rate
+    n_bins = log_rate.shape[0]
+    source = np.minimum(np.arange(n_bins)[:, None] + lead_bins[None, :], n_bins - 1)
+    return np.take_along_axis(log_rate, source, axis=0)
+
+
+def _bad_channel_log_rate(
+    log_rate: np.ndarray, kind: np.ndarray, log_base: np.ndarray, rng: np.random.Generator, p: NeuralParams
+) -> np.ndarray:
+    """Replace the log-rate (T, 256) of noisy and drifting bad electrodes (``kind`` (256,), -1 = good)."""
+    n_bins = log_rate.shape[0]
+    noisy, drifting = np.flatnonzero(kind == NOISY), np.flatnonzero(kind == DRIFTING)
+    if noisy.size == 0 and drifting.size == 0:
+        return log_rate
+    log_rate = log_rate.copy()
+    if noisy.size:
+        # broadband: white in time, high variance, nothing to do with speech
+        level = log_base[noisy] + 0.5
+        log_rate[:, noisy] = (level + 1.0 * rng.standard_normal((n_bins, noisy.size))).astype(np.float32)
+    if drifting.size:
+        # a trial-level offset plus a slow wander (sigma 1 s) within the trial
+        offset = rng.normal(0.0, 0.7, drifting.size)
+        wander = 0.6 * _smooth_noise(rng, n_bins, drifting.size, 1.0 / BIN_SECONDS)
+        log_rate[:, drifting] = (log_base[drifting] + offset + wander).astype(np.float32)
+    return log_rate
+
+
+def _artefact_mask(shape: tuple[int, int], rng: np.random.Generator, p: NeuralParams) -> np.ndarray | None:
+    """(T, 256) float32 burst strength (0 outside bursts) in an artefact trial, else None.
+
+    With probability ``artefact_trial_fraction`` a trial gets 1-3 bursts of 2-5 bins
+    each, on a random 40-100 % of the electrodes, with strength 0.5-1.5 (times
+    ``artefact_log_rate``), as movement or electrical transients look in the release.
+    """
+    if p.artefact_trial_fraction <= 0 or rng.random() >= p.artefact_trial_fraction:
+        return None
+    n_bins, n_channels = shape
+    mask = np.zeros(shape, dtype=np.float32)
+    for _ in range(int(rng.integers(1, 4))):
+        width = int(rng.integers(2, 6))
+        start = int(rng.integers(0, max(1, n_bins - width)))
+        hit = rng.random(n_channels) < rng.uniform(0.4, 1.0)
+        mask[start : start + width, hit] = rng.uniform(0.5, 1.5)
+    return mask
+
+
+def _disconnected(shape: tuple[int, int], kind: np.ndarray, rng: np.random.Generator, p: NeuralParams) -> np.ndarray:
+    """(T, 256) bool: where an electrode records nothing (flat ones always, intermittent ones for a span)."""
+    off = np.zeros(shape, dtype=bool)
+    off[:, kind == FLAT] = True
+    n_bins = shape[0]
+    for e in np.flatnonzero(kind == INTERMITTENT):
+        if rng.random() < p.intermittent_trial_fraction:
+            span = int(round(rng.uniform(0.2, 0.6) * n_bins))
+            start = int(rng.integers(0, max(1, n_bins - span)))
+            off[start : start + span, e] = True
+    return off
 
 
 def trial_features(

@@ -132,12 +132,23 @@ def make_plan(cfg_or_preset_name: str | Mapping[str, Any] | SimConfig, seed: int
 
     # Val/test sentences first, then train sentences drawn outside them.
     generator = SentenceGenerator()
+    # Version 2: val/test sentences lean on rarer words than the train text (val_test_core_weight).
+    held_out_generator = (
+        generator
+        if config.val_test_core_weight == 1.0
+        else SentenceGenerator(generator.vocabulary, core_weight=config.val_test_core_weight)
+    )
     sentences: list[list[str]] = [[] for _ in blocks]
     exclude: set[str] = set()
     for split in ("Val/Test", "Train"):
         idx = [i for i, b in enumerate(blocks) if b.split == split]
         requests = [(blocks[i].corpus, len(kept_trial_nums[i]), _rng(seed, _STREAM_SENTENCES, blocks[i])) for i in idx]
-        drawn = draw_sentences(requests, exclude=exclude if split == "Train" else None, max_words=config.max_words, generator=generator)
+        drawn = draw_sentences(
+            requests,
+            exclude=exclude if split == "Train" else None,
+            max_words=config.max_words,
+            generator=generator if split == "Train" else held_out_generator,
+        )
         for i, block_sentences in zip(idx, drawn):
             sentences[i] = block_sentences
         if split == "Val/Test":

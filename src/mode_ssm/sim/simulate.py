@@ -51,7 +51,9 @@ from mode_ssm.sim.plan import FILE_SPLITS, PlannedTrial, SimulationPlan, make_pl
 
 log = logging.getLogger(__name__)
 
-SIMULATOR_VERSION = "1.0"
+# The code that wrote a root (simulation.json); a default root written by older code is re-simulated.
+# The data model is the config's ``version`` (2, or 1 for the first version's data bit for bit).
+SIMULATOR_VERSION = "2.0"
 SIMULATION_JSON = "simulation.json"
 DATA_ENV_VAR = "MODE_SSM_DATA_DIR"
 NORMALIZATION_NOTE = (
