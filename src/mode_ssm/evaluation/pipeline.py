@@ -13,6 +13,9 @@ session, and returns rows in file order for :func:`mode_ssm.metrics.summarize`.
   identity layer (``unseen="identity"``) meant to be adapted by TTA.
 - the searches (CTC + lexicon + n-gram, greedy, RNN-T) and the word decoder's
   resources come from :mod:`mode_ssm.evaluation.search`.
+- ``rescore.model=DIR`` (:func:`rescoring_decoder`) re-ranks the word decoder's
+  n-best with a causal LM on disk; ``rescore.model=null`` (the default) leaves
+  the word decoder exactly as it was.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from omegaconf import OmegaConf
 from mode_ssm.data.augment import finite_features, smoothed
 from mode_ssm.data.batching import collate_trials
 from mode_ssm.data.t15 import BIN_SECONDS, T15DataError, T15Split
+from mode_ssm.decoding.rescoring import CausalLMScorer, RescoringDecoder
 from mode_ssm.models.build import output_frames
 from mode_ssm.evaluation.search import RNNTSettings, WordDecoding, make_search
 from mode_ssm.evaluation.tta import TTAConfig, adapted_to_session, whiten_batches
@@ -223,6 +227,54 @@ def resolve_data_root(value: str | None, loaded: LoadedModel, launch_dir: str | 
     return root
 
 
+# --------------------------------------------------------------------------- LM rescoring
+
+
+def rescore_model_path(rescore: Any, launch_dir: str | Path, decoder_name: str = "ctc_lm") -> Path | None:
+    """``rescore.model`` resolved against ``launch_dir``, None when rescoring is off; an error naming the
+    option if the folder is missing or the decoder has no n-best to rescore (checked before anything loads)."""
+    settings = config_dict(rescore)
+    if not settings.get("model"):
+        return None
+    if decoder_name != "ctc_lm":
+        raise ValueError(f"rescore.model={settings['model']} rescores the lexicon + n-gram decoder's n-best: "
+                         f"it needs decoder=ctc_lm, not decoder={decoder_name}")
+    path = Path(str(settings["model"])).expanduser()
+    path = path if path.is_absolute() else Path(launch_dir) / path
+    if not path.is_dir():
+        raise FileNotFoundError(f"rescore.model={settings['model']}: no model folder at {path} "
+                                "(write one with scripts/train_text_lm.py; nothing is downloaded)")
+    return path
+
+
+def rescoring_decoder(word_decoder: Any | None, rescore: Any, launch_dir: str | Path, device: Any = "cpu",
+                      decoder_name: str = "ctc_lm") -> Any | None:
+    """The word decoder with its n-best re-ranked by ``rescore.model`` (see configs/evaluate.yaml), or
+    ``word_decoder`` itself, untouched, when ``rescore`` is empty or ``rescore.model`` is null.
+
+    ``rescore.model`` is relative to ``launch_dir``. Combined score:
+    ``decoder score + rescore.weight * ln P_LM(sentence) + rescore.length_bonus * n_words``.
+    """
+    settings = config_dict(rescore)
+    path = rescore_model_path(settings, launch_dir, decoder_name)
+    if path is None:
+        return word_decoder
+    if word_decoder is None:
+        raise ValueError(f"rescore.model={settings['model']} rescores the lexicon + n-gram decoder's n-best: "
+                         f"it needs decoder=ctc_lm, not decoder={decoder_name}")
+    try:
+        scorer = CausalLMScorer.from_pretrained(path, device=str(device), score_eos=bool(settings.get("score_eos", True)),
+                                                batch_size=int(settings.get("batch_size", 32)))
+    except ValueError as e:
+        hint = " (its tokenizer has no eos token: set rescore.score_eos=false)" if "eos_token_id" in str(e) else ""
+        raise ValueError(f"rescore.model={settings['model']}: {e}{hint}") from None
+    weight, bonus, nbest = float(settings.get("weight", 0.5)), float(settings.get("length_bonus", 0.0)), \
+        int(settings.get("nbest", 10))
+    return RescoringDecoder(word_decoder, scorer, alpha=weight, length_bonus=bonus, nbest=nbest,
+                            description=f"{nbest}-best rescored with {path} (weight {weight:g}, "
+                                        f"length bonus {bonus:g}, score_eos {scorer.score_eos})")
+
+
 # --------------------------------------------------------------------------- the sequence every job runs
 
 
@@ -260,6 +312,7 @@ def prepare(cfg: Any, launch_dir: str | Path, split: str, work_dir: str | Path, 
     launch_dir = Path(launch_dir)
     torch.set_num_threads(int(cfg.torch_threads))
     tta = TTAConfig.from_mapping(config_dict(cfg.tta))
+    rescore_model_path(cfg.get("rescore"), launch_dir, decoder or str(cfg.decoder))  # a bad path fails before loading
     loaded = load_model(launch_dir / Path(str(cfg.checkpoint)).expanduser(), pick_device(str(cfg.device)))
     data_root = resolve_data_root(cfg.data.get("data_root"), loaded, launch_dir)
     if validate is None:
@@ -268,5 +321,6 @@ def prepare(cfg: Any, launch_dir: str | Path, split: str, work_dir: str | Path, 
     words = WordDecoding(loaded, data_root, Path(work_dir) / "lm", config_dict(cfg.decoding))
     decoder = decoder or str(cfg.decoder)
     search, word_decoder = make_search(decoder, loaded, words, RNNTSettings(**config_dict(cfg.get("rnnt"))))
+    word_decoder = rescoring_decoder(word_decoder, cfg.get("rescore"), launch_dir, loaded.device, decoder)
     return Prepared(loaded, data_root, data, words, search, word_decoder, tta, int(cfg.batch_size),
                     str(cfg.unseen_sessions), bool(cfg.amp) and loaded.device.type == "cuda")

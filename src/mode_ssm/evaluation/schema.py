@@ -27,6 +27,18 @@ class SubmissionDataSchema:
 
 
 @dataclass
+class RescoreSchema:
+    """``rescore``: the word decoder's n-best re-ranked by a causal LM folder on disk (null model: no rescoring)."""
+
+    model: Optional[str] = None  # scripts/train_text_lm.py's output, or any Hugging Face causal LM folder
+    weight: float = option(0.5, ge=0)  # of ln P_LM(sentence), added to the decoder's score
+    length_bonus: float = 0.0  # per word
+    nbest: int = option(10, ge=1)  # distinct sentences of the word decoder rescored per trial
+    score_eos: bool = True  # score </s> too (the LM's end-of-sentence token)
+    batch_size: int = option(32, ge=1)  # sentences per LM forward pass
+
+
+@dataclass
 class _Decoding:
     """What every decoding command shares."""
 
@@ -46,6 +58,7 @@ class EvaluateSchema(_Decoding):
     decoder: str = option("ctc_lm", choices=DECODERS)
     output_dir: str = "outputs/evaluate"
     rnnt: RNNTSchema = option(RNNTSchema())
+    rescore: RescoreSchema = option(RescoreSchema())
     data: EvalDataSchema = option(EvalDataSchema())
     flow_bridge: Optional[bool] = None
     wandb: WandbSchema = option(WandbSchema())
@@ -60,6 +73,7 @@ class SubmissionSchema(_Decoding):
     fallback_text: str = "the"
     work_dir: str = "outputs/make_submission"
     rnnt: RNNTSchema = option(RNNTSchema())
+    rescore: RescoreSchema = option(RescoreSchema())
     data: SubmissionDataSchema = option(SubmissionDataSchema())
 
 

@@ -24,6 +24,7 @@ import h5py
 from mode_ssm.atomic import atomic_open
 from mode_ssm.data.t15 import HDF5_ERRORS, find_sessions, session_and_key
 from mode_ssm.decoding.lexicon_decoder import greedy_words
+from mode_ssm.decoding.rescoring import RescoringDecoder
 from mode_ssm.evaluation.pipeline import prepare
 from mode_ssm.evaluation.reports import phoneme_ids
 from mode_ssm.evaluation.schema import SubmissionSchema
@@ -265,6 +266,8 @@ def make_submission(cfg: Any, launch_dir: str | Path, console: Any | None = None
                               f"fallback_text):\n{data.report.summary()}")
     say(f"decoding {len(data)} test trials of {data_root} with {cfg.decoder}"
         + (f" and test-time adaptation {job.tta.to_dict()}" if job.tta.enabled else ""))
+    if isinstance(job.word_decoder, RescoringDecoder):
+        say(f"word decoder: {job.word_decoder.description}")
     result = job.decode(log=say)
     texts, n_greedy, n_fallback = fill_empty(result.rows, job.words.pronunciation_index, str(cfg.fallback_text))
     rows: list[Mapping[str, Any]] = list(result.rows)
