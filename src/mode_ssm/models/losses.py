@@ -50,6 +50,21 @@ def trim_targets(phoneme_ids: torch.Tensor, phoneme_lengths: torch.Tensor) -> to
     return ids * keep.to(ids.dtype)
 
 
+def _pruned_rnnt_per_token(
+    head: nn.Module, outputs: Mapping[str, torch.Tensor], target_lengths: torch.Tensor
+) -> torch.Tensor:
+    """Pruned RNN-T (``rnnt_loss: pruned``): (simple_scale * simple + pruned_scale * pruned) summed over
+    the batch / total target tokens, from the per-sequence losses forward computed."""
+    used = outputs["rnnt_target_lengths"]
+    if not torch.equal(used.cpu(), target_lengths.cpu()):
+        raise ValueError(f"the pruned RNN-T loss was computed for target lengths {used.tolist()}, not the batch's "
+                         f"phoneme_lengths {target_lengths.tolist()}: call the model with "
+                         "rnnt_targets=trim_targets(phoneme_ids, phoneme_lengths) (no blank within a length)")
+    total = head.simple_loss_scale * outputs["rnnt_simple_nll"].float().sum() \
+        + head.pruned_loss_scale * outputs["rnnt_pruned_nll"].float().sum()
+    return total / target_lengths.sum().clamp(min=1)
+
+
 def compute_losses(
     model: nn.Module,
     batch: Mapping[str, torch.Tensor],
@@ -61,7 +76,9 @@ def compute_losses(
 
     batch: ``phoneme_ids`` (B, U) zero-padded, ``phoneme_lengths`` (B,) (``speaking_mode``
     is never read: it is simulator ground truth for evaluation only).
-    outputs: ``model(...)``'s dict, called with ``rnnt_targets`` for the RNN-T loss and
+    outputs: ``model(...)``'s dict, called with ``rnnt_targets`` for the RNN-T loss (the full joint,
+    or with ``rnnt_loss: pruned`` the simple and pruned losses per sequence, weighted by the model's
+    ``rnnt_simple_loss_scale`` and ``rnnt_pruned_loss_scale``) and
     ``denoise=True`` for the denoising loss (both are computed inside forward, where
     DistributedDataParallel sees their parameters). weights: ``ctc``, ``rnnt``, ``mode``, ``denoise``
     (missing = 0; a component with weight 0 is not computed and returned as None).
@@ -87,14 +104,18 @@ def compute_losses(
     if w["rnnt"]:
         if getattr(model, "rnnt", None) is None:
             raise ValueError(f"rnnt weight {w['rnnt']} but {type(model).__name__} has no RNN-T head")
-        trimmed = trim_targets(targets, target_lengths)
-        joint = outputs.get("rnnt_joint")
-        if joint is None:  # computed here, its parameters would be used outside the (DDP) forward
-            raise ValueError("rnnt weight > 0 but the outputs hold no rnnt_joint: call the model with "
-                             "rnnt_targets=trim_targets(phoneme_ids, phoneme_lengths)")
-        losses["rnnt"] = rnnt_loss(
-            joint.float(), trimmed, out_lengths, target_lengths, blank=BLANK, reduction="mean_per_token"
-        )
+        if outputs.get("rnnt_pruned_nll") is not None:
+            losses["rnnt"] = _pruned_rnnt_per_token(model.rnnt, outputs, target_lengths)
+        else:
+            trimmed = trim_targets(targets, target_lengths)
+            joint = outputs.get("rnnt_joint")
+            if joint is None:  # computed here, its parameters would be used outside the (DDP) forward
+                raise ValueError("rnnt weight > 0 but the outputs hold no rnnt_joint: call the model with "
+                                 "rnnt_targets=trim_targets(phoneme_ids, phoneme_lengths) (with rnnt_loss: pruned "
+                                 "its forward returns rnnt_simple_nll and rnnt_pruned_nll instead)")
+            losses["rnnt"] = rnnt_loss(
+                joint.float(), trimmed, out_lengths, target_lengths, blank=BLANK, reduction="mean_per_token"
+            )
 
     if w["mode"]:
         if outputs.get("mode_logits") is None:
