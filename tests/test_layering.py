@@ -1,7 +1,7 @@
 """The package's layers import only downwards, and no import hides inside a function.
 
 foundation (phonemes, text, lexicon, metrics, atomic) -> data, sim -> models -> decoding
--> runtime -> training | evaluation. Tests, scripts and benchmarks may import anything.
+-> runtime -> training | evaluation -> streaming. Tests, scripts and benchmarks may import anything.
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "mode_ssm"
 
 # what each layer may not import (by mode_ssm subpackage or module name)
 FORBIDDEN = {
-    "foundation": {"data", "sim", "models", "decoding", "runtime", "training", "evaluation"},
-    "data": {"sim", "models", "decoding", "runtime", "training", "evaluation"},
-    "sim": {"models", "decoding", "runtime", "training", "evaluation"},
-    "models": {"decoding", "runtime", "training", "evaluation", "sim"},
-    "decoding": {"models", "runtime", "training", "evaluation", "sim"},
-    "runtime": {"training", "evaluation", "sim"},
-    "evaluation": {"training"},  # side by side: what both need lives in runtime/
-    "training": {"evaluation"},
+    "foundation": {"data", "sim", "models", "decoding", "runtime", "training", "evaluation", "streaming"},
+    "data": {"sim", "models", "decoding", "runtime", "training", "evaluation", "streaming"},
+    "sim": {"models", "decoding", "runtime", "training", "evaluation", "streaming"},
+    "models": {"decoding", "runtime", "training", "evaluation", "sim", "streaming"},
+    "decoding": {"models", "runtime", "training", "evaluation", "sim", "streaming"},
+    "runtime": {"training", "evaluation", "sim", "streaming"},
+    "evaluation": {"training", "streaming"},  # side by side: what both need lives in runtime/
+    "training": {"evaluation", "streaming"},
+    "streaming": {"training", "sim"},  # live decoding sits on top of evaluation's loading and search
 }
 # sim writes T15 files with the data layer's writer; only training (the default data on demand) imports sim
 

@@ -7,8 +7,17 @@ import math
 import numpy as np
 import torch
 
-from mode_ssm.data.mode_labels import SILENT, VOCALIZED, fit_gmm2, mode_targets_for_batch, pseudo_label_blocks
-from mode_ssm.models.mode import ModeHead, rate_features
+from mode_ssm.data.mode_labels import (
+    SILENT,
+    UNKNOWN,
+    VOCALIZED,
+    fit_block_modes,
+    fit_gmm2,
+    mode_targets_for_batch,
+    pseudo_label_blocks,
+    split_modes,
+)
+from mode_ssm.models.mode import ModeHead, RunningStandardizer, commit_running_statistics, rate_features
 
 torch.set_num_threads(1)
 
@@ -156,9 +165,95 @@ def test_rate_features_count_valid_frames_only():
     emission = torch.tensor([[0.5, 0.5, 0.0, 1.0], [0.25, 0.75, 9.0, 9.0]])
     lengths = torch.tensor([4, 2])
     rate = rate_features(emission, lengths)
-    expected = torch.tensor([[4 * math.log((2.0 / 4 + 1e-3) / 0.25), math.log(3.0) - 3],
-                             [4 * math.log((1.0 / 2 + 1e-3) / 0.25), math.log(2.0) - 3]])
+    expected = torch.tensor([[math.log(2.0 / 4 + 1e-3), math.log(3.0)], [math.log(1.0 / 2 + 1e-3), math.log(2.0)]])
     torch.testing.assert_close(rate, expected)
+
+
+def test_rate_normalisation_is_learnt_once_per_step_and_a_corrupt_trial_is_left_out():
+    norm = RunningStandardizer(2, momentum=0.5)
+    x = torch.tensor([[1.0, 10.0], [3.0, 14.0]])
+    torch.testing.assert_close(norm(x), x / (1 + 1e-5) ** 0.5)  # nothing committed yet: mean 0, variance 1
+    norm(torch.tensor([[float("nan"), 1.0], [2.0, 12.0]]))  # a second micro-batch; its NaN trial is left out
+    norm.commit()  # the first commit sets the statistics of the step's three finite rows
+    torch.testing.assert_close(norm.running_mean, torch.tensor([2.0, 12.0]))
+    torch.testing.assert_close(norm.running_var, torch.tensor([1.0, 4.0]))  # unbiased
+    norm(torch.tensor([[4.0, 12.0], [4.0, 16.0]]))
+    norm.commit()  # later ones move halfway (momentum 0.5) to the step's mean (4, 14) and variance (0, 8)
+    torch.testing.assert_close(norm.running_mean, torch.tensor([3.0, 13.0]))
+    torch.testing.assert_close(norm.running_var, torch.tensor([0.5, 6.0]))
+    norm(torch.tensor([[9.0, 9.0], [7.0, 1.0]]))
+    norm.commit(apply=False)  # a skipped step: its rows are dropped
+    torch.testing.assert_close(norm.running_mean, torch.tensor([3.0, 13.0]))
+    norm.eval()
+    torch.testing.assert_close(norm(torch.tensor([[3.0, 13.0]])), torch.tensor([[0.0, 0.0]]))
+    norm.commit()  # nothing set aside in eval
+    assert int(norm.commits) == 2
+
+
+def test_a_head_saved_before_learnt_rate_normalisation_loads_with_its_old_constants():
+    head = ModeHead(8, hidden=16)
+    old = {k: v for k, v in head.state_dict().items() if not k.startswith("rate_norm") and k != "mode_signal"}
+    again = ModeHead(8, hidden=16)
+    again.load_state_dict(old)  # strict: the missing buffers are filled in
+    emission, lengths = torch.full((1, 10), 0.4), torch.tensor([10])
+    normalised = again.eval().rate_norm(rate_features(emission, lengths))
+    # the old fixed centring: 4 * log(rate / 0.25) and log(count + 1) - 3
+    expected = torch.tensor([[4 * math.log((0.4 + 1e-3) / 0.25), math.log(5.0) - 3]])
+    torch.testing.assert_close(normalised, expected, atol=1e-4, rtol=0)
+    assert bool(again.mode_signal)
+
+
+def test_without_a_supported_split_film_gets_no_mode_signal():
+    torch.manual_seed(5)
+    head = ModeHead(8, hidden=16).eval()
+    torch.nn.init.normal_(head.film.weight)
+    x, lengths = torch.randn(3, 6, 8), torch.tensor([6, 6, 4])
+    conditioned, logits, probs = head(x, lengths)
+    assert probs[:, 0].std() > 0.01  # with the signal on, each trial gets its own posterior
+    head.mode_signal.fill_(False)
+    conditioned_off, logits_off, probs_off = head(x, lengths)
+    torch.testing.assert_close(probs_off, torch.full((3, 2), 0.5))
+    torch.testing.assert_close(logits_off, logits)  # the head's own logits are still there
+    expected, _, _ = head(x, lengths, mode_probs=torch.full((3, 2), 0.5))
+    torch.testing.assert_close(conditioned_off, expected)
+    assert not torch.allclose(conditioned_off, conditioned)
+    state = head.state_dict()
+    assert not bool(state["mode_signal"])  # saved with the checkpoint, so evaluation honours it
+    fresh = ModeHead(8, hidden=16)
+    fresh.load_state_dict(state)
+    assert not bool(fresh.mode_signal)
+
+
+def test_unsupported_split_gives_no_labels_and_says_so():
+    # the same rate in every block: nothing to split
+    keys, features, n_labels, truth = planted_blocks(seed=7, silent_fraction=0.0)
+    fit = fit_block_modes(keys, features, n_labels)
+    assert not fit.supported and fit.bic_gain < 0
+    assert set(fit.labels.values()) == {(UNKNOWN, 0.0)} and fit.labels.keys() == truth.keys()
+    assert "NO supported two-mode split" in fit.describe() and "FiLM" in fit.describe()
+    assert mode_targets_for_batch(fit.labels, [k[0] for k in truth], [k[1] for k in truth]).eq(-1).all()
+    # the planted, well-separated modes are supported
+    keys, features, n_labels, _ = planted_blocks(seed=0)
+    fit = fit_block_modes(keys, features, n_labels)
+    assert fit.supported and fit.bic_gain > 10 and fit.separation > 4
+    assert not fit_block_modes(keys[:20], features[:20], n_labels[:20]).supported  # fewer than 4 blocks
+
+
+def test_support_of_a_split_grows_with_the_modes_separation():
+    """44 blocks of one statistic, 40 % shifted by delta SD: the figures quoted at MIN_BIC_GAIN."""
+    supported, agreement = {}, {}
+    for delta in (0.0, 2.0, 4.0):
+        ok, right = 0, []
+        for seed in range(30):
+            rng = np.random.default_rng(seed)
+            silent = rng.random(44) < 0.4
+            stats = np.stack([rng.standard_normal(44) - delta * silent, np.zeros(44), np.zeros(44)], 1)
+            ok += split_modes(range(44), stats).supported
+            forced = split_modes(range(44), stats, min_bic_gain=-np.inf)
+            right.append(np.mean([forced.labels[i][0] == int(silent[i]) for i in range(44)]))
+        supported[delta], agreement[delta] = ok, float(np.mean(right))
+    assert supported == {0.0: 2, 2.0: 5, 4.0: 30}, supported
+    assert abs(agreement[2.0] - 0.77) < 0.01 and agreement[4.0] > 0.97, agreement
 
 
 def test_mode_head_learns_speaking_rate_from_emissions():
@@ -181,6 +276,7 @@ def test_mode_head_learns_speaking_rate_from_emissions():
         opt.zero_grad()
         loss.backward()
         opt.step()
+        commit_running_statistics(head)  # as the trainer does at each optimizer step
     x, lengths, emission, modes = trials(500)
     with torch.no_grad():
         accuracy = (head.eval()(x, lengths, emission_probs=emission)[1].argmax(-1) == modes).float().mean()

@@ -154,6 +154,75 @@ def gaussian_smooth(features: Tensor, lengths: Tensor, std: float, kernel_size: 
     return rearrange(smoothed, "(b c) 1 t -> b t c", b=batch) * mask
 
 
+def causal_gaussian_kernel(std: float, kernel_size: int = 100) -> Tensor:
+    """The past half of ``gaussian_kernel``: taps for lags 0, 1, ... (K,), renormalised to sum to 1."""
+    if std <= 0:
+        raise ValueError(f"smoothing std must be > 0 bins, got {std}")
+    half = kernel_size // 2
+    t = torch.arange(0, kernel_size - half, dtype=torch.float64)
+    density = torch.exp(-0.5 * (t / std) ** 2) / (std * math.sqrt(2 * math.pi))
+    taps = density[density > 0.01]
+    if len(taps) == 0:
+        taps = density
+    return (taps / taps.sum()).float()
+
+
+def causal_smooth(features: Tensor, lengths: Tensor, std: float, kernel_size: int = 100,
+                  history: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Smooth each channel over the bins up to and including each bin: y_t = sum_k w_k x_{t-k}.
+
+    features (B, T, C) -> (smoothed (B, T, C), history (B, K - 1, C): the last K - 1 input bins,
+    to pass with the trial's next chunk). Bins before the trial's start are zero (``history=None``),
+    as the centred smoothing's padding is.
+    """
+    _check(features, lengths)
+    batch, steps, channels = features.shape
+    kernel = causal_gaussian_kernel(std, kernel_size).to(features)
+    taps = len(kernel)
+    mask = length_mask(lengths, steps)[..., None]
+    x = features * mask
+    if history is None:
+        history = x.new_zeros(batch, taps - 1, channels)
+    x = torch.cat([history.to(x.dtype), x], dim=1)
+    signals = rearrange(x, "b t c -> (b c) 1 t")
+    # correlate with the kernel reversed: output t reads inputs t - (K - 1) .. t with weights w_{K-1} .. w_0
+    smoothed = F.conv1d(signals, kernel.flip(0)[None, None, :])
+    return rearrange(smoothed, "(b c) 1 t -> b t c", b=batch) * mask, x[:, x.shape[1] - (taps - 1):]
+
+
+@dataclass
+class LiveState:
+    first: Tensor  # (B, C) each channel's first value in the trial
+    live: Tensor  # (B, C) bool: has moved from it
+
+
+def causal_live_mask(x: Tensor, lengths: Tensor, state: LiveState | None = None,
+                     tol: float = 1e-6) -> tuple[Tensor, LiveState | None]:
+    """(B, T, C) bool: the channel has moved more than ``tol`` from its first bin at or before t
+    (False on padded steps), and the state after each sequence's last step."""
+    mask = length_mask(lengths, x.shape[1]).unsqueeze(-1)
+    if x.shape[1] == 0:
+        return mask.expand(-1, -1, x.shape[2]), state
+    first = x[:, 0] if state is None else state.first
+    moved = ((x - first[:, None]).abs() > tol) & mask
+    live = torch.cummax(moved.to(torch.int8), dim=1).values.bool()
+    if state is not None:
+        live = live | state.live[:, None]
+    return live & mask, LiveState(first, live[:, -1])
+
+
+def causal_live_channels(x: Tensor, lengths: Tensor, state: LiveState | None = None,
+                         tol: float = 1e-6) -> tuple[Tensor, LiveState | None]:
+    """x (B, T, C) -> (x with every channel zeroed while it has not yet moved, state).
+
+    The causal form of ``zero_constant_channels``: a disconnected or saturated
+    electrode never moves from its first value and stays zero throughout; a live
+    one is zero until its first change (within a bin or two). Padded steps are zero.
+    """
+    live, state = causal_live_mask(x, lengths, state, tol)
+    return x * live.to(x.dtype), state
+
+
 def time_mask(
     features: Tensor, lengths: Tensor, n_masks: int, max_width: int, generator: torch.Generator | None = None
 ) -> Tensor:
@@ -194,6 +263,9 @@ class AugmentConfig:
     smooth_kernel_size: int = 100
     time_masks: int = 0  # masks per trial
     time_mask_max_width: int = 0  # bins
+    # a causal model's input pipeline: dead channels judged and smoothing done on past bins only
+    # (causal_live_channels, causal_smooth); the trainer sets it from model.causal
+    causal: bool = False
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "AugmentConfig":
@@ -239,13 +311,18 @@ class Augmenter:
         # A dead electrode (a channel constant over the trial) reads 0 from here on, in training and at
         # evaluation alike: before the smoothing, whose zero padding would otherwise turn a channel
         # stuck at v != 0 into a ramp at the trial's edges, and through the noise and offsets.
-        live = live_channels(features, lengths).to(features.dtype)
+        if c.causal:
+            live = causal_live_mask(features, lengths)[0].to(features.dtype)
+        else:
+            live = live_channels(features, lengths).to(features.dtype)
         features = features * live
         if train and c.white_noise_std > 0:
             features = add_white_noise(features, lengths, c.white_noise_std, generator) * live
         if train and c.constant_offset_std > 0:
             features = add_constant_offset(features, lengths, c.constant_offset_std, generator) * live
-        if c.smooth_std > 0:
+        if c.smooth_std > 0 and c.causal:
+            features = causal_smooth(features, lengths, c.smooth_std, c.smooth_kernel_size)[0]
+        elif c.smooth_std > 0:
             features = gaussian_smooth(features, lengths, c.smooth_std, c.smooth_kernel_size)
         if train and c.time_masks > 0 and c.time_mask_max_width > 0:
             features = time_mask(features, lengths, c.time_masks, c.time_mask_max_width, generator)

@@ -336,6 +336,7 @@ class WordDecoder:
             criterion_type=CriterionType.CTC,
         )
         self._decoder = LexiconDecoder(self.options, self.trie, self.lm, BOUNDARY, BLANK, unk_index, [], False)
+        self._frames = 0
 
     def decode(self, log_probs: Any) -> list[WordHypothesis]:
         """Beam search one trial.
@@ -345,18 +346,43 @@ class WordDecoder:
         Returns:
             Up to ``nbest`` hypotheses with distinct word sequences, best first.
         """
+        self.begin()
+        self.step(log_probs)
+        return self.end()
+
+    # The same search frame by frame, for streaming: begin(), step() per chunk of frames, best_words()
+    # for the partial text, end() for the n-best. One trial at a time per WordDecoder (decode() too).
+
+    def begin(self) -> None:
+        """Start a trial."""
+        self._decoder.decode_begin()
+        self._frames = 0
+
+    def step(self, log_probs: Any) -> None:
+        """Extend the search by (T, 41) more frames (T may be 0)."""
         emissions = _as_float32(log_probs)
         if emissions.ndim != 2 or emissions.shape[1] != NUM_CLASSES:
             raise ValueError(f"log_probs must be (T, {NUM_CLASSES}), got shape {emissions.shape}")
-        if emissions.shape[0] == 0:
-            return [WordHypothesis((), 0.0, 0.0, 0.0)]
         if not np.isfinite(emissions).all():
             raise ValueError("log_probs hold NaN or infinite values")
-        n_frames = emissions.shape[0]
-        results = self._decoder.decode(emissions.ctypes.data, n_frames, NUM_CLASSES)
+        if emissions.shape[0]:
+            self._decoder.decode_step(emissions.ctypes.data, emissions.shape[0], NUM_CLASSES)
+            self._frames += emissions.shape[0]
+
+    def best_words(self) -> tuple[str, ...]:
+        """The words of the best hypothesis so far (completed words only)."""
+        if not self._frames:
+            return ()
+        return tuple(self._words[i] for i in self._decoder.get_best_hypothesis().words if i >= 0)
+
+    def end(self) -> list[WordHypothesis]:
+        """Finish the trial: up to ``nbest`` hypotheses with distinct word sequences, best first."""
+        if not self._frames:
+            return [WordHypothesis((), 0.0, 0.0, 0.0)]
+        self._decoder.decode_end()
         hyps: list[WordHypothesis] = []
         seen: set[tuple[str, ...]] = set()
-        for r in sorted(results, key=lambda r: r.score, reverse=True):
+        for r in sorted(self._decoder.get_all_final_hypothesis(), key=lambda r: r.score, reverse=True):
             words = tuple(self._words[i] for i in r.words if i >= 0)
             if words in seen:
                 continue

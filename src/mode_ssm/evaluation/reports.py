@@ -29,6 +29,8 @@ PREDICTION_COLUMNS = (
 GROUPINGS = ("session", "corpus", "speaking_mode")
 MODE_UNMEASURABLE = ("speaking-mode accuracy cannot be measured: this data records no speaking mode "
                      "(the real T15 release never does; only the simulator writes the truth)")
+MODE_NOT_PREDICTED = ("speaking-mode accuracy: this model predicts no mode (no mode head, or its training data did "
+                      "not support a two-mode split, so its FiLM got no mode signal)")
 _SYMBOL_TO_ID = {"_": 0, "|": BOUNDARY, **{name: i for i, name in enumerate(CLASS_NAMES) if 0 < i < BOUNDARY}}
 
 
@@ -320,6 +322,8 @@ def write_report(
     notes += scoring_notes(rows, overall)
     if not mode_truth_known(rows):
         notes.append(MODE_UNMEASURABLE)
+    elif all(r.get("mode_pred") is None for r in rows):
+        notes.append(MODE_NOT_PREDICTED)
     tables = summary_tables(rows)
     unseen = list(unseen)
     for r in tables["session"]:

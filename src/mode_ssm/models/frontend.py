@@ -22,8 +22,9 @@ from einops import rearrange
 from torch import nn
 
 from mode_ssm.data.augment import length_mask, masked_mean_var
+from mode_ssm.models.causal import NormState, running_normalise
 
-NORMS = ("trial", "layer", "none")
+NORMS = ("trial", "running", "layer", "none")
 
 
 def select_channels(features: torch.Tensor, num_channels: int) -> torch.Tensor:
@@ -116,6 +117,9 @@ class Preprocessor(nn.Module):
         whole trial, which the bidirectional encoder needs anyway. ``eps``
         (1e-2, i.e. std 0.1) damps near-constant channels instead of blowing
         their noise up to unit variance.
+      - ``"running"``: z-score each bin by the statistics of the trial's bins
+        up to and including it, from a prior of mean 0 and variance 1
+        (:func:`mode_ssm.models.causal.running_normalise`); the causal models' norm.
       - ``"layer"``: LayerNorm over channels per time step (causal, but mixes
         channels: one artefact channel rescales all others).
       - ``"none"``.
@@ -162,25 +166,39 @@ class Preprocessor(nn.Module):
         """(C,) gate values in (0, 2), or None when gating is off."""
         return None if self.gate_logits is None else 2 * torch.sigmoid(self.gate_logits)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, C), lengths (B,) -> (features (B, T', d_model), out_lengths (B,)).
+    def normalise(self, x: torch.Tensor, lengths: torch.Tensor, state: NormState | None = None
+                  ) -> tuple[torch.Tensor, NormState | None]:
+        """x (B, T, C) -> (normalised and gated, zero past each length; the running norm's state).
 
-        Frames at or past ``out_lengths`` are zero.
+        ``state`` (``norm="running"`` only): the statistics carried from the trial's earlier bins.
         """
         mask = length_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
         if self.norm == "trial":
             mean, var = masked_mean_var(x, lengths)
             x = (x - mean) / torch.sqrt(var + self.eps)
+        elif self.norm == "running":
+            x, state = running_normalise(x, lengths, state, eps=self.eps)
         elif self.norm == "layer":
             x = self.layer_norm(x)
         gates = self.channel_gates()
         if gates is not None:
             x = x * gates
-        x = x * mask  # the stem must read zeros past a trial's end, in a batch as when alone
+        return x * mask, state  # the stem must read zeros past a trial's end, in a batch as when alone
+
+    def stem_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised bins (B, T, C) -> frames (B, (T - stem_kernel) // downsample + 1, d_model)."""
         if x.shape[1] < self.stem_kernel:
             x = F.pad(x, (0, 0, 0, self.stem_kernel - x.shape[1]))
         y = self.stem(rearrange(x, "b t c -> b c t"))
-        y = self.dropout(self.out_norm(rearrange(y, "b d t -> b t d")))
+        return self.dropout(self.out_norm(rearrange(y, "b d t -> b t d")))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, C), lengths (B,) -> (features (B, T', d_model), out_lengths (B,)).
+
+        Frames at or past ``out_lengths`` are zero.
+        """
+        x, _ = self.normalise(x, lengths)
+        y = self.stem_frames(x)
         out_lengths = self.output_lengths(lengths)
         y = y * length_mask(out_lengths, y.shape[1]).unsqueeze(-1).to(y.dtype)
         return y, out_lengths

@@ -2,6 +2,7 @@
 
     features (B, T, C), feature_lengths (B,), day_index (B,)
       -> select_channels (frontend.py), zero_constant_channels (data/augment.py)
+         (causal=true: the causal forms of these steps, models/causal.py)
       -> day_layers: DayInputLayers                        "which day is this"
       -> preprocessor: normalise, gate, conv stem           time / downsample
       -> encoder: BiMambaEncoder                            ssm.py
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mode_ssm.models.causal import causal_live_channels
 from mode_ssm.models.flow_bridge import FlowBridge
 from mode_ssm.data.augment import zero_constant_channels
 from mode_ssm.models.frontend import DayInputLayers, Preprocessor, select_channels
@@ -38,6 +40,9 @@ class ModeSSMConfig:
     n_days: int = 1  # from the data: number of training sessions
     n_channels: int = 512  # from the data: features per bin delivered
     num_channels: int = 512  # features the model uses: 256 = threshold crossings only
+    # causal: no output reads a future bin (models/causal.py; requires norm running|layer|none,
+    # bidirectional false, flow_bridge false); the streaming decoder needs it
+    causal: bool = False
     # front end
     day_softsign: bool = True
     input_dropout: float = 0.1
@@ -70,6 +75,12 @@ class ModeSSMConfig:
     predictor_dim: int = 128
     predictor_layers: int = 1
     joiner_dim: int = 128
+    # RNN-T loss: "full" builds the (B, T', U + 1, 41) joint; "pruned" (models/rnnt_pruned.py) a linear
+    # "simple" joint for band bounds and the joiner on rnnt_prune_range label positions per frame only
+    rnnt_loss: str = "full"  # "full" | "pruned"
+    rnnt_prune_range: int = 5  # band width S (>= 2); a frame can emit at most S - 1 labels
+    rnnt_simple_loss_scale: float = 0.5  # pruned only: rnnt = simple_scale * simple + pruned_scale * pruned
+    rnnt_pruned_loss_scale: float = 1.0
 
 
 class ModeSSM(nn.Module):
@@ -82,6 +93,13 @@ class ModeSSM(nn.Module):
             raise ValueError(f"num_channels={c.num_channels} but the data delivers only {c.n_channels}")
         if not (c.use_cuda_kernel == "auto" or isinstance(c.use_cuda_kernel, bool)):
             raise ValueError(f"use_cuda_kernel must be 'auto', true or false, got {c.use_cuda_kernel!r}")
+        if c.causal:
+            reads_future = {"bidirectional": c.bidirectional, "norm": c.norm == "trial", "flow_bridge": c.flow_bridge}
+            bad = [name for name, yes in reads_future.items() if yes]
+            if bad:
+                raise ValueError(f"causal=true but {', '.join(f'{n}={getattr(c, n)}' for n in bad)} reads future bins: "
+                                 "a causal model needs bidirectional=false, norm=running (or layer/none) and "
+                                 "flow_bridge=false (see configs/model/mode_ssm_causal_small.yaml)")
         self.day_layers = DayInputLayers(c.n_days, c.num_channels, softsign=c.day_softsign, dropout=c.input_dropout)
         self.preprocessor = Preprocessor(
             c.num_channels,
@@ -104,7 +122,8 @@ class ModeSSM(nn.Module):
             bidirectional=c.bidirectional,
             use_cuda_kernel=c.use_cuda_kernel,
         )
-        self.mode_head = ModeHead(c.d_model, c.mode_hidden, conditioning=c.mode_conditioning, dropout=c.dropout)
+        self.mode_head = ModeHead(c.d_model, c.mode_hidden, conditioning=c.mode_conditioning, dropout=c.dropout,
+                                  causal=c.causal)
         self.flow_bridge = (
             FlowBridge(c.d_model, c.flow_steps, c.flow_hidden, c.flow_noise, enabled=c.flow_bridge_enabled)
             if c.flow_bridge
@@ -112,7 +131,9 @@ class ModeSSM(nn.Module):
         )
         self.ctc_head = CTCHead(c.d_model, c.n_classes, dropout=c.dropout)
         self.rnnt = RNNTHead(
-            c.d_model, c.predictor_dim, c.predictor_layers, c.joiner_dim, c.n_classes, dropout=c.dropout
+            c.d_model, c.predictor_dim, c.predictor_layers, c.joiner_dim, c.n_classes, dropout=c.dropout,
+            loss=c.rnnt_loss, prune_range=c.rnnt_prune_range,
+            simple_loss_scale=c.rnnt_simple_loss_scale, pruned_loss_scale=c.rnnt_pruned_loss_scale,
         )
 
     @classmethod
@@ -153,6 +174,8 @@ class ModeSSM(nn.Module):
         - ``conditioned_features`` (B, T', D): after FiLM (what the flow bridge denoises)
         - ``head_features`` (B, T', D): after the flow bridge (what CTC and RNN-T read)
         - ``rnnt_joint`` (B, T', U + 1, n_classes), only when ``rnnt_targets`` (B, U) are given
+          and ``rnnt_loss`` is "full"; with "pruned" instead ``rnnt_simple_nll``, ``rnnt_pruned_nll``
+          (B,), ``rnnt_target_lengths`` (B,) and ``rnnt_prune_starts`` (B, T') (``RNNTHead.pruned_losses``)
         - ``denoise_loss`` (scalar), the flow bridge's training loss, only when ``denoise``
           (its noise drawn from ``noise_generator`` if given)
         ``mode_probs`` given as input overrides the head's posterior in FiLM.
@@ -161,7 +184,10 @@ class ModeSSM(nn.Module):
         so that DistributedDataParallel sees every parameter a loss uses.
         """
         x = select_channels(features, self.config.num_channels)
-        x = zero_constant_channels(x, feature_lengths)
+        if self.config.causal:
+            x, _ = causal_live_channels(x, feature_lengths)
+        else:
+            x = zero_constant_channels(x, feature_lengths)
         x = self.day_layers(x, day_index)
         x, out_lengths = self.preprocessor(x, feature_lengths)
         encoder_features = self.encoder(x, out_lengths)
@@ -179,7 +205,10 @@ class ModeSSM(nn.Module):
             "head_features": head_features,
         }
         if rnnt_targets is not None:
-            out["rnnt_joint"] = self.rnnt(head_features, rnnt_targets)
+            if self.rnnt.loss == "pruned":  # the per-sequence losses; no full joint is built
+                out.update(self.rnnt.pruned_losses(head_features, rnnt_targets, out_lengths))
+            else:
+                out["rnnt_joint"] = self.rnnt(head_features, rnnt_targets)
         if denoise:
             if self.flow_bridge is None:
                 raise ValueError("denoise=True but this ModeSSM was built without a flow bridge (model.flow_bridge=false)")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 from typing import Callable, Literal, Union
 
 import torch
@@ -272,6 +273,14 @@ class RMSNorm(nn.Module):
         return normed.to(x.dtype) * self.weight
 
 
+@dataclass
+class BlockState:
+    """What a ``MambaBlock`` carries from one piece of a sequence to the next."""
+
+    conv: Tensor  # (batch, conv channels, d_conv - 1): the convolution's last inputs
+    ssm: Tensor  # (batch, n_heads, head_dim, d_state): the scan state
+
+
 class MambaBlock(nn.Module):
     """One Mamba-2 mixer: projection, causal conv, selective scan, gated norm, projection.
 
@@ -323,9 +332,14 @@ class MambaBlock(nn.Module):
         self.norm = RMSNorm(d_inner)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
-    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, lengths: Tensor | None = None, state: BlockState | None = None,
+                return_state: bool = False) -> Tensor | tuple[Tensor, BlockState]:
         """x: (batch, length, d_model); lengths: (batch,) or None (all full).
         Returns (batch, length, d_model); padded positions hold no meaning.
+
+        ``state``: the convolution inputs and scan state left by the sequence's earlier
+        steps (None: a sequence's start), and ``return_state``: also return the state
+        after the last step, so a sequence can be fed in pieces (streaming; no padding).
         """
         length = x.shape[1]
         if lengths is not None:
@@ -336,7 +350,15 @@ class MambaBlock(nn.Module):
         padding = None if lengths is None else ~valid_mask(lengths, length)[..., None]  # (b l 1)
         if padding is not None:
             xBC = xBC.masked_fill(padding, 0.0)
-        xBC = self.conv1d(rearrange(xBC, "b l c -> b c l"))[..., :length]
+        xBC = rearrange(xBC, "b l c -> b c l")
+        history = self.conv1d.kernel_size[0] - 1
+        if state is None and not return_state:
+            xBC = self.conv1d(xBC)[..., :length]
+        else:  # the same causal convolution with the carried inputs in place of the zero padding
+            carried = xBC.new_zeros(*xBC.shape[:2], history) if state is None else state.conv.to(xBC.dtype)
+            xBC = torch.cat([carried, xBC], dim=-1)
+            conv_state = xBC[..., xBC.shape[-1] - history:]
+            xBC = F.conv1d(xBC, self.conv1d.weight, self.conv1d.bias, groups=self.conv1d.groups)
         xBC = F.silu(rearrange(xBC, "b c l -> b l c"))
         dt = F.softplus(dt_raw + self.dt_bias)
         if padding is not None:
@@ -349,18 +371,18 @@ class MambaBlock(nn.Module):
         # The scan runs in float32 even under autocast: exp of summed decays is
         # where half precision goes wrong first.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            y = selective_scan(
-                x_heads.float(),
-                dt.float(),
-                -torch.exp(self.A_log.float()),
-                rearrange(B, "b l n -> b l 1 n").float(),
-                rearrange(C, "b l n -> b l 1 n").float(),
-                chunk_size=self.chunk_size,
-                use_cuda_kernel=self.use_cuda_kernel,
-            )
+            scan_args = (x_heads.float(), dt.float(), -torch.exp(self.A_log.float()),
+                         rearrange(B, "b l n -> b l 1 n").float(), rearrange(C, "b l n -> b l 1 n").float())
+            if state is None and not return_state:
+                y = selective_scan(*scan_args, chunk_size=self.chunk_size, use_cuda_kernel=self.use_cuda_kernel)
+            else:  # a few steps at a time: the step-by-step scan is cheaper than a padded chunk
+                scan = ssd_sequential_scan if length < self.chunk_size // 2 else ssd_chunked_scan
+                y, ssm_state = scan(*scan_args, chunk_size=self.chunk_size, return_final_state=True,
+                                    initial_state=None if state is None else state.ssm)
         y = y.to(x_heads.dtype) + x_heads * self.D[:, None]
         y = rearrange(y, "b l h p -> b l (h p)")
-        return self.out_proj(self.norm(y * F.silu(z)))
+        out = self.out_proj(self.norm(y * F.silu(z)))
+        return (out, BlockState(conv_state, ssm_state)) if return_state else out
 
 
 class BiMambaLayer(nn.Module):
@@ -379,9 +401,18 @@ class BiMambaLayer(nn.Module):
         self.backward_block = MambaBlock(d_model, **block_kwargs) if bidirectional else None
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        """x: (batch, time, d_model); lengths: (batch,) -> (batch, time, d_model)."""
+    def forward(self, x: Tensor, lengths: Tensor | None, state: BlockState | None = None,
+                return_state: bool = False) -> Tensor | tuple[Tensor, BlockState]:
+        """x: (batch, time, d_model); lengths: (batch,) -> (batch, time, d_model).
+
+        ``state`` / ``return_state``: see ``MambaBlock``; forward direction only.
+        """
         normed = self.norm(x)
+        if state is not None or return_state:
+            if self.backward_block is not None:
+                raise ValueError("a bidirectional layer reads the whole sequence and cannot carry a state")
+            mixed, state = self.forward_block(normed, lengths, state, return_state=True)
+            return x + self.dropout(mixed), state
         mixed = self.forward_block(normed, lengths)
         if self.backward_block is not None:
             reversed_in = reverse_within_lengths(normed, lengths)
@@ -426,10 +457,21 @@ class BiMambaEncoder(nn.Module):
         )
         self.final_norm = RMSNorm(d_model)
 
-    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, lengths: Tensor | None = None, states: list[BlockState] | None = None,
+                return_states: bool = False) -> Tensor | tuple[Tensor, list[BlockState]]:
         """x: (batch, time, d_model); lengths: (batch,) int64 or None (all full).
         Returns (batch, time, d_model), zero at t >= length.
+
+        ``states`` / ``return_states`` (unidirectional encoders, unpadded input): each layer's
+        state carried from the sequence's earlier steps, and the states after the last step.
         """
+        if states is not None or return_states:
+            states = states if states is not None else [None] * len(self.layers)
+            new_states = []
+            for layer, state in zip(self.layers, states):
+                x, state = layer(x, lengths, state, return_state=True)
+                new_states.append(state)
+            return self.final_norm(x), new_states
         batch, time, _ = x.shape
         if lengths is None:
             lengths = torch.full((batch,), time, dtype=torch.long, device=x.device)

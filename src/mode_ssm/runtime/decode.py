@@ -74,6 +74,9 @@ def decode_split(
     ``row["log_probs"]`` so word search can be re-run without the model.
     """
     model.eval()
+    head = getattr(getattr(model, "module", model), "mode_head", None)
+    # a model trained where the data supported no two-mode split predicts no mode (its head learnt none)
+    predicts_mode = head is None or bool(head.mode_signal)
     rows: list[dict[str, Any]] = []
     for batch in batches:
         batch = move_batch(batch, ctx.device)
@@ -93,7 +96,7 @@ def decode_split(
         else:
             greedy, words = search(out, log_probs, out_lengths)
         mode_logits = out.get("mode_logits")
-        mode_pred = mode_logits.argmax(-1).tolist() if mode_logits is not None else None
+        mode_pred = mode_logits.argmax(-1).tolist() if mode_logits is not None and predicts_mode else None
         for i in range(len(greedy)):
             row: dict[str, Any] = {
                 "session": batch["sessions"][i],

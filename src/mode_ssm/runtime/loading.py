@@ -43,9 +43,11 @@ class LoadedModel:
         return getattr(self.model, "rnnt", None) is not None
 
     def eval_augmenter(self) -> Augmenter:
-        """Only the input smoothing the model was trained with (what ``train=False`` applies)."""
+        """Only the input smoothing the model was trained with (what ``train=False`` applies);
+        past bins only for a causal model."""
         aug = self.config.get("augmentation", {}) or {}
-        return Augmenter({k: aug[k] for k in ("smooth_std", "smooth_kernel_size") if k in aug})
+        causal = bool(getattr(getattr(self.model, "config", None), "causal", False))
+        return Augmenter({**{k: aug[k] for k in ("smooth_std", "smooth_kernel_size") if k in aug}, "causal": causal})
 
     def decoding(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The checkpoint's ``decoding`` settings with the non-null ``overrides`` applied."""

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mode_ssm.data.mode_labels import mode_targets_for_batch, pseudo_label_blocks
+from mode_ssm.data.mode_labels import BlockModes, fit_block_modes, mode_targets_for_batch
 from mode_ssm.data.sentences import train_sentences
 from mode_ssm.data.t15 import T15Split, speaking_mode_id
 from mode_ssm.decoding.words import make_word_decoder, word_resources
@@ -39,7 +39,11 @@ def resolve_data_root(cfg: DictConfig, launch_dir: Path, ctx: DistContext) -> Pa
 class ModeTargets:
     """Per-block speaking-mode pseudo-labels, fitted without ever reading the true mode."""
 
-    labels: Mapping[Hashable, tuple[int, float]]
+    fit: BlockModes
+
+    @property
+    def labels(self) -> Mapping[Hashable, tuple[int, float]]:
+        return self.fit.labels
 
     def lookup(self, batch: Mapping[str, Any]) -> torch.Tensor:
         return mode_targets_for_batch(self.labels, batch["sessions"], batch["block_nums"])
@@ -47,7 +51,7 @@ class ModeTargets:
     def agreement_with_truth(self, truth: Mapping[Hashable, int]) -> float | None:
         """Block-level agreement with known modes (simulated data only), for reporting."""
         keys = [k for k in self.labels if k in truth and truth[k] >= 0]
-        if not keys:
+        if not keys or not self.fit.supported:
             return None
         return float(np.mean([self.labels[k][0] == truth[k] for k in keys]))
 
@@ -57,7 +61,7 @@ def block_mode_targets(train_set: T15Split) -> ModeTargets:
     meta = train_set.trial_metadata()
     keys = [(m["session"], int(m["block_num"])) for m in meta]
     features = (train_set[i].features for i in range(len(train_set)))
-    return ModeTargets(pseudo_label_blocks(keys, features, list(train_set.phoneme_lengths())))
+    return ModeTargets(fit_block_modes(keys, features, list(train_set.phoneme_lengths())))
 
 
 def block_truth(split: T15Split) -> dict[Hashable, int]:

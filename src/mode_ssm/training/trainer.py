@@ -32,6 +32,7 @@ from mode_ssm.models.build import (
     MinimumBins, build_model, component_parameters, model_components, model_loss_reach, output_frames, set_trainable,
 )
 from mode_ssm.models.losses import compute_losses, trim_targets
+from mode_ssm.models.mode import commit_running_statistics
 from mode_ssm.runtime import distributed
 from mode_ssm.runtime.checkpoint import (
     CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
@@ -79,7 +80,8 @@ def _augmenter(cfg: DictConfig) -> Augmenter:
     enabled = aug.pop("enabled", True)
     if not enabled:  # smoothing belongs to the input pipeline, the rest is augmentation
         aug = {"smooth_std": aug.get("smooth_std", 0.0)}
-    return Augmenter(aug)
+    # a causal model's input pipeline reads past bins only (data/augment.py, models/causal.py)
+    return Augmenter({**aug, "causal": bool(cfg.model.get("causal", False))})
 
 
 def _make_optimizer(cfg: DictConfig, model: torch.nn.Module, components: tuple[str, ...], steps: int):
@@ -178,9 +180,15 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
     train_wer_indices = np.random.default_rng(cfg.seed).choice(len(train_set), n_train_wer, replace=False)
     mode_targets = block_mode_targets(train_set)  # unsupervised pseudo-labels, never the truth
     if ctx.is_main:
-        agreement = mode_targets.agreement_with_truth(block_truth(train_set))
-        print("speaking-mode pseudo-labels: " + (f"{100 * agreement:.1f}% of train blocks agree with the simulator's truth"
-              if agreement is not None else "no ground truth in this data (real data): accuracy cannot be measured"))
+        truth = block_truth(train_set)
+        agreement = mode_targets.agreement_with_truth(truth)
+        if not truth:
+            verdict = "no ground truth in this data (real data): agreement cannot be measured"
+        elif agreement is None:
+            verdict = "no block labelled, so nothing to compare with the simulator's truth"
+        else:
+            verdict = f"{100 * agreement:.1f}% of train blocks agree with the simulator's truth"
+        print(f"speaking-mode pseudo-labels: {mode_targets.fit.describe()}; {verdict}")
     word_decoder = build_word_decoder(cfg, train_set, run_dir, ctx)
     augmenter = _augmenter(cfg)
     aug_generator = torch.Generator().manual_seed(cfg.seed * 1000 + ctx.rank)
@@ -197,6 +205,8 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
             raise CheckpointError(f"{resume_path}: its weights belong to another model than model={cfg.model.name} "
                                   f"with these options ({str(e).splitlines()[0]}); resume with the run's own "
                                   "config or start a new hydra.run.dir") from None
+    if getattr(model, "mode_head", None) is not None:  # no supported two-mode split: FiLM gets no mode signal
+        model.mode_head.mode_signal.fill_(mode_targets.fit.supported)
     ddp_model = DistributedDataParallel(model, find_unused_parameters=True) if ctx.enabled else model
 
     pos = Position()
@@ -328,6 +338,7 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
                         else:
                             optimizer.step()
                             scheduler.step()
+                        commit_running_statistics(model, apply=not window_problems)
                         window_problems = []
                         optimizer.zero_grad(set_to_none=True)
                         pos.optimizer_steps_in_stage += 1
