@@ -219,6 +219,23 @@ def _as_float32(x: Any) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def batch_trials(log_probs: Any, lengths: Any = None) -> list[np.ndarray]:
+    """(B, T, C) log-probabilities (numpy or torch) and (B,) valid frames (None: all T) -> each trial's (T_b, C)."""
+    x = _as_float32(log_probs)
+    if x.ndim != 3:
+        raise ValueError(f"log_probs must be (B, T, {NUM_CLASSES}), got shape {x.shape}")
+    batch, frames = x.shape[:2]
+    if lengths is None:
+        lens = [frames] * batch
+    else:
+        if hasattr(lengths, "detach"):
+            lengths = lengths.detach().cpu().numpy()
+        lens = [int(n) for n in np.asarray(lengths).reshape(-1)]
+    if len(lens) != batch or any(not 0 <= n <= frames for n in lens):
+        raise ValueError(f"need {batch} lengths in 0..{frames}, got {lens}")
+    return [x[b, : lens[b]] for b in range(batch)]
+
+
 class WordDecoder:
     """Lexicon-constrained CTC beam search over the 41 T15 classes with an optional ARPA n-gram LM.
 
@@ -399,20 +416,8 @@ class WordDecoder:
             log_probs: (B, T, 41) log-probabilities, numpy or torch.
             lengths: (B,) valid frames per trial; None means all T.
         """
-        x = _as_float32(log_probs)
-        if x.ndim != 3:
-            raise ValueError(f"log_probs must be (B, T, {NUM_CLASSES}), got shape {x.shape}")
-        batch, frames = x.shape[:2]
-        if lengths is None:
-            lens = [frames] * batch
-        else:
-            if hasattr(lengths, "detach"):
-                lengths = lengths.detach().cpu().numpy()
-            lens = [int(n) for n in np.asarray(lengths).reshape(-1)]
-        if len(lens) != batch or any(not 0 <= n <= frames for n in lens):
-            raise ValueError(f"need {batch} lengths in 0..{frames}, got {lens}")
         out = []
-        for b in range(batch):
-            hyps = self.decode(x[b, : lens[b]])
+        for trial in batch_trials(log_probs, lengths):
+            hyps = self.decode(trial)
             out.append(hyps[0].sentence if hyps else "")
         return out

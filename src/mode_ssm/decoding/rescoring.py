@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from mode_ssm.decoding.lexicon_decoder import batch_trials
+
 SentenceScorer = Callable[[Sequence[str]], Sequence[float]]
 
 
@@ -272,20 +274,6 @@ class RescoringDecoder:
 
     def decode_batch(self, log_probs: Any, lengths: Any = None) -> list[str]:
         """Best rescored sentence of each trial (``log_probs`` (B, T, 41), ``lengths`` (B,) as for ``WordDecoder``)."""
-        import numpy as np
-
-        x = log_probs.detach().float().cpu().numpy() if hasattr(log_probs, "detach") else np.asarray(log_probs)
-        if x.ndim != 3:
-            raise ValueError(f"log_probs must be (B, T, classes), got shape {x.shape}")
-        batch, frames = x.shape[:2]
-        if lengths is None:
-            lens = [frames] * batch
-        else:
-            if hasattr(lengths, "detach"):
-                lengths = lengths.detach().cpu().numpy()
-            lens = [int(n) for n in np.asarray(lengths).reshape(-1)]
-        if len(lens) != batch or any(not 0 <= n <= frames for n in lens):
-            raise ValueError(f"need {batch} lengths in 0..{frames}, got {lens}")
-        nbests = [self.decoder.decode(x[b, : lens[b]]) for b in range(batch)]
+        nbests = [self.decoder.decode(trial) for trial in batch_trials(log_probs, lengths)]
         ranked = rescore_nbests(nbests, self.scorer, self.alpha, self.length_bonus)
         return [r[0].sentence if r else "" for r in ranked]
