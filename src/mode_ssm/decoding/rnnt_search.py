@@ -67,6 +67,61 @@ def _select_state(state: PredictorState, keep: torch.Tensor, new: PredictorState
     return tuple(torch.where(mask, n, s) for s, n in zip(state, new))
 
 
+class GreedyTransducer:
+    """Greedy RNN-T search that can be fed frames in pieces: the predictor state is carried.
+
+    ``advance(encoder_out, lengths)`` reads more frames of the same B trials (in streaming a
+    batch of one, any number of frames at a time); ``hypotheses()`` says what was emitted so far.
+    Feeding a trial in pieces gives exactly what one call on all its frames gives.
+    """
+
+    def __init__(self, predictor: StepPredictor, joiner: StepJoiner, batch: int, device: Any = "cpu",
+                 max_symbols_per_frame: int = 3, blank: int = BLANK):
+        if max_symbols_per_frame < 0:
+            raise ValueError(f"max_symbols_per_frame must be >= 0, got {max_symbols_per_frame}")
+        self.predictor, self.joiner, self.blank = predictor, joiner, blank
+        self.max_symbols_per_frame = max_symbols_per_frame
+        self.labels = torch.full((batch,), blank, dtype=torch.long, device=device)
+        with torch.no_grad():
+            self.pred_out, self.state = predictor.step(self.labels, None)
+        self.scores = torch.zeros(batch, dtype=torch.float64, device=device)
+        self.emitted: list[list[int]] = [[] for _ in range(batch)]
+
+    @torch.no_grad()
+    def advance(self, encoder_out: torch.Tensor, lengths: torch.Tensor | None = None) -> None:
+        """encoder_out (B, T, D): the next T frames; lengths (B,): how many of them are valid (None: all)."""
+        if encoder_out.ndim != 3:
+            raise ValueError(f"encoder_out must be (B, T, D), got shape {tuple(encoder_out.shape)}")
+        batch, frames, _ = encoder_out.shape
+        device = encoder_out.device
+        lengths = torch.full((batch,), frames, device=device) if lengths is None else lengths.to(device)
+        blank, labels = self.blank, self.labels
+        for t in range(frames):
+            open_ = lengths > t  # trials still reading this frame
+            if not bool(open_.any()):
+                break
+            enc_t = encoder_out[:, t].float()
+            for s in range(self.max_symbols_per_frame + 1):
+                log_probs = F.log_softmax(self.joiner.step(enc_t, self.pred_out).float(), dim=-1)
+                choice = log_probs.argmax(-1)
+                if s == self.max_symbols_per_frame:
+                    choice = torch.full_like(choice, blank)
+                step_score = log_probs.gather(1, choice[:, None])[:, 0].double()
+                self.scores = self.scores + torch.where(open_, step_score, torch.zeros_like(step_score))
+                emit = open_ & (choice != blank)
+                if not bool(emit.any()):
+                    break
+                for b in emit.nonzero()[:, 0].tolist():
+                    self.emitted[b].append(int(choice[b]))
+                new_out, new_state = self.predictor.step(torch.where(emit, choice, labels), self.state)
+                self.pred_out = torch.where(emit[:, None], new_out, self.pred_out)
+                self.state = _select_state(self.state, emit, new_state)
+                open_ = emit
+
+    def hypotheses(self) -> list[TransducerHypothesis]:
+        return [TransducerHypothesis(tuple(ids), float(score)) for ids, score in zip(self.emitted, self.scores.tolist())]
+
+
 @torch.no_grad()
 def rnnt_greedy_search(
     encoder_out: torch.Tensor,
@@ -90,37 +145,9 @@ def rnnt_greedy_search(
     """
     if encoder_out.ndim != 3:
         raise ValueError(f"encoder_out must be (B, T, D), got shape {tuple(encoder_out.shape)}")
-    if max_symbols_per_frame < 0:
-        raise ValueError(f"max_symbols_per_frame must be >= 0, got {max_symbols_per_frame}")
-    batch, frames, _ = encoder_out.shape
-    device = encoder_out.device
-    lengths = torch.full((batch,), frames, device=device) if lengths is None else lengths.to(device)
-    labels = torch.full((batch,), blank, dtype=torch.long, device=device)
-    pred_out, state = predictor.step(labels, None)
-    scores = torch.zeros(batch, dtype=torch.float64, device=device)
-    emitted: list[list[int]] = [[] for _ in range(batch)]
-    for t in range(frames):
-        open_ = lengths > t  # trials still reading this frame
-        if not bool(open_.any()):
-            break
-        enc_t = encoder_out[:, t].float()
-        for s in range(max_symbols_per_frame + 1):
-            log_probs = F.log_softmax(joiner.step(enc_t, pred_out).float(), dim=-1)
-            choice = log_probs.argmax(-1)
-            if s == max_symbols_per_frame:
-                choice = torch.full_like(choice, blank)
-            step_score = log_probs.gather(1, choice[:, None])[:, 0].double()
-            scores = scores + torch.where(open_, step_score, torch.zeros_like(step_score))
-            emit = open_ & (choice != blank)
-            if not bool(emit.any()):
-                break
-            for b in emit.nonzero()[:, 0].tolist():
-                emitted[b].append(int(choice[b]))
-            new_out, new_state = predictor.step(torch.where(emit, choice, labels), state)
-            pred_out = torch.where(emit[:, None], new_out, pred_out)
-            state = _select_state(state, emit, new_state)
-            open_ = emit
-    return [TransducerHypothesis(tuple(ids), float(score)) for ids, score in zip(emitted, scores.tolist())]
+    search = GreedyTransducer(predictor, joiner, encoder_out.shape[0], encoder_out.device, max_symbols_per_frame, blank)
+    search.advance(encoder_out, lengths)
+    return search.hypotheses()
 
 
 @torch.no_grad()

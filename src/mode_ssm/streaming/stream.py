@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mode_ssm.decoding.lexicon_decoder import WordDecoder, WordHypothesis
+from mode_ssm.decoding.rnnt_search import GreedyTransducer
 from mode_ssm.data.augment import Augmenter, causal_live_mask, causal_smooth
 from mode_ssm.models.causal import causal_live_channels
 from mode_ssm.models.frontend import select_channels
@@ -49,6 +50,7 @@ class CausalStream:
         self._input_live = self._smooth = self._live = self._norm = self._encoder = self._mode = None
         self._pending = torch.zeros(1, 0, self.model.config.num_channels, device=self.device)
         self.bins = self.frames = 0
+        self.head_features = torch.zeros(1, 0, self.model.config.d_model, device=self.device)
         self.mode_probs: torch.Tensor | None = None  # (2,) the running posterior after the last frame
 
     @torch.no_grad()
@@ -76,6 +78,7 @@ class CausalStream:
         n_frames = 0 if buffer.shape[1] < kernel else (buffer.shape[1] - kernel) // stride + 1
         if n_frames == 0:
             self._pending = buffer
+            self.head_features = buffer.new_zeros(1, 0, m.config.d_model)
             return torch.zeros(0, m.config.n_classes)
         frames = m.preprocessor.stem_frames(buffer[:, : (n_frames - 1) * stride + kernel])
         self._pending = buffer[:, n_frames * stride:]
@@ -85,6 +88,7 @@ class CausalStream:
         conditioned, _, frame_probs, self._mode = m.mode_head.causal_forward(encoded, lengths, None, emission,
                                                                               self._mode)
         self.mode_probs = frame_probs[0, -1]
+        self.head_features = conditioned  # (1, m, D): what the CTC head and the RNN-T joiner read
         self.frames += n_frames
         return F.log_softmax(m.ctc_head(conditioned).float(), dim=-1)[0].cpu()
 
@@ -95,6 +99,7 @@ class Partial:
     phonemes: list[int]  # greedy CTC phoneme ids so far
     frames: int  # output frames so far
     silent_ms: float  # how long the blank has dominated at the end (for an end-of-sentence detector)
+    rnnt_phonemes: list[int] | None = None  # the RNN-T greedy search's labels so far (``transducer=True``)
 
     @property
     def text(self) -> str:
@@ -131,11 +136,16 @@ class StreamingDecoder:
     ``word_decoder`` None gives phonemes only. ``blank_threshold``: a frame counts as silent
     when its blank probability is at least this (``Partial.silent_ms`` is how long the run of
     such frames at the end lasts), for a trailing-silence end-of-sentence detector.
+    ``transducer=True`` also runs the RNN-T head's greedy search, its predictor state carried
+    from chunk to chunk (``Partial.rnnt_phonemes``).
     """
 
     def __init__(self, model: torch.nn.Module, word_decoder: WordDecoder | None = None, day_index: int = 0,
-                 augmenter: Augmenter | None = None, blank_threshold: float = 0.9):
+                 augmenter: Augmenter | None = None, blank_threshold: float = 0.9, transducer: bool = False,
+                 max_symbols_per_frame: int = 3):
         self.stream = CausalStream(model, day_index, augmenter)
+        self.transducer = transducer
+        self.max_symbols_per_frame = max_symbols_per_frame
         self.frame_ms = 20.0 * model.preprocessor.downsample
         self.search = IncrementalWordSearch(word_decoder) if word_decoder is not None else None
         self.blank_threshold = blank_threshold
@@ -151,6 +161,9 @@ class StreamingDecoder:
         self._last_label: int | None = None
         self._silent_frames = 0
         self._words: tuple[str, ...] = ()
+        rnnt = self.stream.model.rnnt
+        self._transducer = GreedyTransducer(rnnt.predictor, rnnt.joiner, 1, self.stream.device,
+                                            self.max_symbols_per_frame) if self.transducer else None
 
     @property
     def current_words(self) -> tuple[str, ...]:
@@ -170,7 +183,13 @@ class StreamingDecoder:
                 self._silent_frames = self._silent_frames + 1 if s else 0
             if self.search is not None:
                 self._words = self.search.step(log_probs)
-        return Partial(self._words, list(self._phonemes), self.stream.frames, self._silent_frames * self.frame_ms)
+            if self._transducer is not None:
+                self._transducer.advance(self.stream.head_features.float())
+        return Partial(self._words, list(self._phonemes), self.stream.frames, self._silent_frames * self.frame_ms,
+                       self._rnnt_phonemes())
+
+    def _rnnt_phonemes(self) -> list[int] | None:
+        return None if self._transducer is None else list(self._transducer.emitted[0])
 
     def finish(self) -> Final:
         """End the trial: the final n-best (words), phonemes and the trial's log-probabilities."""
@@ -178,4 +197,4 @@ class StreamingDecoder:
         words = hypotheses[0].words if hypotheses else ()
         log_probs = torch.cat(self._log_probs) if self._log_probs else torch.zeros(0, self.stream.model.config.n_classes)
         return Final(words, list(self._phonemes), self.stream.frames, self._silent_frames * self.frame_ms,
-                     hypotheses, log_probs)
+                     self._rnnt_phonemes(), hypotheses, log_probs)
