@@ -87,7 +87,7 @@ def run_evaluation(cfg: Any, launch_dir: str | Path, console: Any | None = None)
         say(truth_note)
     unseen = [s for s, d in result.days.items() if not d.exact]
     notes = [
-        f"checkpoint {loaded.path}; data {data_root}; split {cfg.split}; decoder {cfg.decoder}; "
+        f"checkpoint {loaded.description}; data {data_root}; split {cfg.split}; decoder {cfg.decoder}; "
         f"TTA {'on ' + json.dumps(tta.to_dict()) if tta.enabled else 'off'}",
         f"decoding took {result.seconds:.1f} s for {result.neural_seconds:.1f} s of neural data "
         f"(real-time factor {result.real_time_factor:.4f}, {loaded.device.type}, {int(cfg.torch_threads)} thread(s))",

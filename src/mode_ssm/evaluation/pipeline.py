@@ -38,7 +38,8 @@ from mode_ssm.evaluation.search import RNNTSettings, WordDecoding, make_search
 from mode_ssm.evaluation.tta import TTAConfig, adapted_to_session, whiten_batches
 from mode_ssm.runtime.decode import Search, decode_split
 from mode_ssm.runtime.distributed import DistContext
-from mode_ssm.runtime.loading import LoadedModel, load_model, pick_device
+from mode_ssm.runtime.ensemble import load_checkpoints
+from mode_ssm.runtime.loading import LoadedModel, pick_device
 
 UNSEEN_STRATEGIES = ("nearest", "identity")
 
@@ -313,7 +314,9 @@ def prepare(cfg: Any, launch_dir: str | Path, split: str, work_dir: str | Path, 
     torch.set_num_threads(int(cfg.torch_threads))
     tta = TTAConfig.from_mapping(config_dict(cfg.tta))
     rescore_model_path(cfg.get("rescore"), launch_dir, decoder or str(cfg.decoder))  # a bad path fails before loading
-    loaded = load_model(launch_dir / Path(str(cfg.checkpoint)).expanduser(), pick_device(str(cfg.device)))
+    loaded = load_checkpoints(cfg.checkpoint, launch_dir, pick_device(str(cfg.device)))
+    if loaded.members and tta.enabled:
+        raise ValueError("tta.enabled=true adapts one model's day layers; it is not available for an ensemble")
     data_root = resolve_data_root(cfg.data.get("data_root"), loaded, launch_dir)
     if validate is None:
         validate = cfg.data.get("validate") or loaded.config.get("data", {}).get("validate", "full")

@@ -53,7 +53,7 @@ class _Decoding:
 
 @dataclass
 class EvaluateSchema(_Decoding):
-    checkpoint: str = MISSING
+    checkpoint: Any = MISSING  # a path, or a list of paths: an ensemble (runtime/ensemble.py)
     split: str = option("val", choices=("val", "test"))
     decoder: str = option("ctc_lm", choices=DECODERS)
     output_dir: str = "outputs/evaluate"
@@ -66,7 +66,7 @@ class EvaluateSchema(_Decoding):
 
 @dataclass
 class SubmissionSchema(_Decoding):
-    checkpoint: Optional[str] = None  # required unless validate_only
+    checkpoint: Any = None  # a path or a list of paths (an ensemble); required unless validate_only
     output: str = "submission.csv"
     validate_only: bool = False
     decoder: str = option("ctc_lm", choices=DECODERS)

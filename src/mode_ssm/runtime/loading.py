@@ -32,6 +32,11 @@ class LoadedModel:
     path: Path
     trained_data_root: Path | None
     device: torch.device
+    members: list[Path] | None = None  # an ensemble's checkpoints (runtime/ensemble.py); None: one model
+
+    @property
+    def description(self) -> str:
+        return str(self.path) if not self.members else f"ensemble of {len(self.members)}: " + ", ".join(map(str, self.members))
 
     @property
     def num_channels(self) -> int:

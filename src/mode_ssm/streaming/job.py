@@ -46,6 +46,8 @@ def load_streaming_decoder(cfg: Any, launch_dir: Path, work_dir: Path, split: st
     """The prepared job (checkpoint, data, word decoder) and a streaming decoder on its causal model."""
     job = prepare(cfg, launch_dir, split, work_dir, decoder="ctc_lm", validate=None if split == "val" else "full")
     model = job.loaded.model
+    if job.loaded.members:
+        raise ValueError("streaming decodes one causal checkpoint, not an ensemble")
     if not getattr(getattr(model, "config", None), "causal", False):
         raise ValueError(f"{job.loaded.path} holds a model that reads future bins (causal=false); streaming needs "
                          "one trained with model=mode_ssm_causal_small or model=mode_ssm_causal")

@@ -14,7 +14,8 @@ Contract (stream and field names; the stream names are ``redis.input_stream`` / 
   ``entry`` (its id), and in the log; the decoder keeps running.
 
 The loop ends after ``max_trials`` final transcripts, after ``redis.idle_timeout_s`` without an
-entry, or on SIGINT / SIGTERM (checked at least every ``redis.block_ms``); it then writes the CSV.
+entry, or on SIGINT / SIGTERM (checked at least every ``redis.block_ms``); a trial still open then
+gets its final text from the bins received, and the CSV is written.
 """
 
 from __future__ import annotations
@@ -180,6 +181,8 @@ def serve_redis(cfg: Any, launch_dir: Path, out_path: Path, say: Callable[[str],
                     last_text = partial_text
                     send({"trial": open_trial, "text": partial_text, "final": 0,
                           "latency_ms": f"{1000.0 * (time.perf_counter() - read_at):.2f}"})
+        if open_trial is not None:  # stopped mid-trial: its words so far are its final text
+            finish(open_trial, time.perf_counter(), "ended by the stop")
     write_csv(out_path, rows)
     summary = summarize(rows, [], step_ms, [], final_ms, compute, bins_total * 0.02)
     summary["malformed_entries"] = errors

@@ -1,0 +1,86 @@
+"""Ensembles: several trained checkpoints decoded as one model.
+
+``checkpoint=[A,B,C]`` (a Hydra list) in evaluate / make_submission loads every member and
+wraps them in :class:`EnsembleModel`, whose forward averages the members' CTC
+log-probabilities frame by frame (the log of the geometric mean of their posteriors, which
+the search renormalises); the word search then runs once on the average. This needs members
+with the same output frames (the same conv stem: every MODE-SSM variant here, not the GRU
+baseline's 14-bin patches), the same training sessions (one day index) and the same input
+pipeline; a mismatch is an error naming both checkpoints. Combining members with other frame
+rates by merging their n-best lists is not implemented. The speaking mode is the mean of the
+posteriors of the members that predict one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mode_ssm.runtime.loading import LoadedModel, load_model
+
+PROBE_LENGTHS = (7, 8, 100, 257, 1000, 1501)  # bins at which the members' output frames must agree
+
+
+def _predicts_mode(model: nn.Module) -> bool:
+    head = getattr(model, "mode_head", None)
+    return head is not None and bool(head.mode_signal)
+
+
+class EnsembleModel(nn.Module):
+    """Members with the same output frames, their CTC log-probabilities averaged per frame."""
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        self.members = nn.ModuleList(members)
+        self.config = members[0].config
+
+    def output_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
+        return self.members[0].output_lengths(feature_lengths)
+
+    def forward(self, features: torch.Tensor, feature_lengths: torch.Tensor, day_index: torch.Tensor,
+                **unused: Any) -> dict[str, torch.Tensor]:
+        if any(v is not None and v is not False for v in unused.values()):
+            raise ValueError(f"an ensemble decodes only: {sorted(unused)} are training options")
+        outs = [m(features, feature_lengths, day_index) for m in self.members]
+        lengths = outs[0]["out_lengths"]
+        log_probs = torch.stack([o["phoneme_logits"].float().log_softmax(-1) for o in outs]).mean(0)
+        out = {"phoneme_logits": log_probs, "out_lengths": lengths}
+        voters = [o["mode_logits"].float().softmax(-1) for o, m in zip(outs, self.members)
+                  if "mode_logits" in o and _predicts_mode(m)]
+        if voters:
+            probs = torch.stack(voters).mean(0)
+            out.update(mode_probs=probs, mode_logits=probs.log())
+        return out
+
+
+def load_checkpoints(checkpoint: Any, launch_dir: str | Path, device: Any) -> LoadedModel:
+    """``checkpoint``: one path, or a list of paths (relative to ``launch_dir``) -> one model or their ensemble."""
+    paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+    if not paths or not all(isinstance(p, (str, Path)) for p in paths):
+        raise ValueError(f"checkpoint={checkpoint}: give a path or a list of paths, e.g. 'checkpoint=[A.pt,B.pt]'")
+    loaded = [load_model(Path(launch_dir) / Path(str(p)).expanduser(), device) for p in paths]
+    if len(loaded) == 1:
+        return loaded[0]
+    first = loaded[0]
+    pipeline = first.eval_augmenter().config
+    for other in loaded[1:]:
+        pair = f"ensemble members {first.path} and {other.path}"
+        if list(other.day_index.sessions) != list(first.day_index.sessions):
+            raise ValueError(f"{pair} were trained on different sessions; their day layers cannot be shared")
+        if other.eval_augmenter().config != pipeline or other.num_channels != first.num_channels:
+            raise ValueError(f"{pair} read their input differently (smoothing, causality or channels): "
+                             f"{pipeline} / {other.eval_augmenter().config}")
+        probe = torch.tensor(PROBE_LENGTHS)
+        if not torch.equal(first.model.output_lengths(probe), other.model.output_lengths(probe)):
+            raise ValueError(f"{pair} emit frames at different rates ({type(first.model).__name__} vs "
+                             f"{type(other.model).__name__}): their log-probabilities cannot be averaged "
+                             "frame by frame, and merging n-best lists across frame rates is not implemented")
+    model = EnsembleModel([m.model for m in loaded]).to(first.device).eval()
+    return LoadedModel(model, first.day_index, first.config, first.path, first.trained_data_root, first.device,
+                       members=[m.path for m in loaded])
