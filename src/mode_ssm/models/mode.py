@@ -190,18 +190,22 @@ class ModeHead(nn.Module):
         else:
             rate = self.rate_norm(rate_features(emission_probs.to(pooled.dtype), lengths))
         mode_logits = self.classifier(torch.cat([self.dropout(pooled), rate], dim=-1))
-        if mode_probs is not None:
-            probs = mode_probs.to(features.dtype)
-        elif bool(self.mode_signal):
-            probs = mode_logits.softmax(-1)
-        else:
-            probs = torch.full_like(mode_logits, 0.5)
+        probs = self._film_posterior(mode_logits, mode_probs)
         if self.film is None:
             return features, mode_logits, probs
         gamma, beta = self.film(probs).chunk(2, dim=-1)
         conditioned = features * (1 + gamma[:, None, :]) + beta[:, None, :]
         conditioned = conditioned * length_mask(lengths, features.shape[1]).unsqueeze(-1).to(features.dtype)
         return conditioned, mode_logits, probs
+
+    def _film_posterior(self, logits: torch.Tensor, given: torch.Tensor | None) -> torch.Tensor:
+        """What FiLM reads, shaped like ``logits`` (..., 2): the given posterior, the head's own, or
+        (0.5, 0.5) when ``mode_signal`` is off."""
+        if given is not None:
+            return given.to(logits.dtype).expand_as(logits)
+        if bool(self.mode_signal):
+            return logits.softmax(-1)
+        return torch.full_like(logits, 0.5)
 
     def causal_forward(
         self,
@@ -228,12 +232,7 @@ class ModeHead(nn.Module):
             raw = torch.stack([torch.log(expected / frames + 1e-3), torch.log(expected + 1.0)], dim=-1)
             rate = self.rate_norm(raw, observe=last_valid(raw, lengths))  # whole-trial rates update the statistics
         frame_logits = self.classifier(torch.cat([self.dropout(pooled), rate], dim=-1))  # (B, T, 2)
-        if mode_probs is not None:
-            frame_probs = mode_probs.to(features.dtype)[:, None, :].expand_as(frame_logits)
-        elif bool(self.mode_signal):
-            frame_probs = frame_logits.softmax(-1)
-        else:
-            frame_probs = torch.full_like(frame_logits, 0.5)
+        frame_probs = self._film_posterior(frame_logits, None if mode_probs is None else mode_probs[:, None, :])
         conditioned = features
         if self.film is not None:
             gamma, beta = self.film(frame_probs).chunk(2, dim=-1)

@@ -26,7 +26,7 @@ from mode_ssm.runtime.schema import check_values
 from mode_ssm.streaming.redis_source import serve_redis
 from mode_ssm.streaming.report import ms_text, running_wer, summarize, summary_lines, trial_wer, write_csv
 from mode_ssm.streaming.schema import StreamSchema
-from mode_ssm.streaming.stream import StreamingDecoder
+from mode_ssm.streaming.stream import StreamingDecoder, require_causal
 
 @dataclass
 class TrialClock:
@@ -48,9 +48,7 @@ def load_streaming_decoder(cfg: Any, launch_dir: Path, work_dir: Path, split: st
     model = job.loaded.model
     if job.loaded.members:
         raise ValueError("streaming decodes one causal checkpoint, not an ensemble")
-    if not getattr(getattr(model, "config", None), "causal", False):
-        raise ValueError(f"{job.loaded.path} holds a model that reads future bins (causal=false); streaming needs "
-                         "one trained with model=mode_ssm_causal_small or model=mode_ssm_causal")
+    require_causal(model, job.loaded.path)
     if job.tta.enabled:
         raise ValueError("test-time adaptation is not available while streaming (it adapts on a whole session first); "
                          "leave tta at its default (off)")

@@ -31,7 +31,7 @@ from mode_ssm.evaluation.pipeline import config_dict, resolve_data_root
 from mode_ssm.evaluation.search import WordDecoding
 from mode_ssm.runtime.loading import load_model, pick_device
 from mode_ssm.streaming.report import summarize, summary_lines, write_csv
-from mode_ssm.streaming.stream import StreamingDecoder
+from mode_ssm.streaming.stream import StreamingDecoder, require_causal
 
 N_FEATURES = 512
 FEATURE_BYTES = 4 * N_FEATURES
@@ -94,9 +94,7 @@ def serve_redis(cfg: Any, launch_dir: Path, out_path: Path, say: Callable[[str],
     except redis.exceptions.RedisError as e:
         raise ConnectionError(f"redis.url={rc.url}: cannot reach the Redis server ({e})") from None
     loaded = load_model(launch_dir / Path(str(cfg.checkpoint)).expanduser(), pick_device(str(cfg.device)))
-    if not getattr(getattr(loaded.model, "config", None), "causal", False):
-        raise ValueError(f"{loaded.path} holds a model that reads future bins (causal=false); streaming needs "
-                         "one trained with model=mode_ssm_causal_small or model=mode_ssm_causal")
+    require_causal(loaded.model, loaded.path)
     import torch
 
     torch.set_num_threads(int(cfg.torch_threads))

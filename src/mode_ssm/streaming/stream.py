@@ -17,6 +17,13 @@ from mode_ssm.models.frontend import select_channels
 from mode_ssm.phonemes import BLANK
 
 
+def require_causal(model: torch.nn.Module, where: Any) -> None:
+    """A ValueError naming ``where`` unless ``model`` is causal (what streaming needs)."""
+    if not getattr(getattr(model, "config", None), "causal", False):
+        raise ValueError(f"{where} holds a model that reads future bins (causal=false); streaming needs one "
+                         "trained with model=mode_ssm_causal_small or model=mode_ssm_causal")
+
+
 class CausalStream:
     """One trial at a time through a causal ``ModeSSM``: bins in, CTC log-probabilities of completed frames out.
 
