@@ -109,6 +109,22 @@ def test_bucket_sampler_sharding_gives_equal_disjoint_shares():
     assert len(flat) == len(set(flat)) == 24 * 8 and all(len(batch) == 8 for rank in dropped for batch in rank)
 
 
+def test_bucket_sampler_groups_keep_one_steps_micro_batches_of_similar_length():
+    lengths = np.random.default_rng(0).integers(100, 1500, 1412)  # 177 batches of 8: one left over
+    def step_imbalance(group: int) -> float:
+        ranks = [list(LengthBucketSampler(lengths, 8, seed=1, num_replicas=2, rank=r, group_batches=group))
+                 for r in range(2)]
+        longest = np.array([[lengths[b].max() for b in rank] for rank in ranks], dtype=float)
+        return float(longest.max(0).sum() / longest.mean(0).sum())  # the slower rank sets each step's pace
+    assert step_imbalance(1) > 1.2  # random pairs: 1.255 here
+    assert step_imbalance(2) < 1.04  # neighbours in a sorted pool: 1.027
+    grouped = LengthBucketSampler(lengths, 8, seed=1, group_batches=2).epoch_batches()
+    assert sorted(i for b in grouped for i in b) == list(range(1412))
+    assert len(grouped[-1]) == 1412 - 176 * 8  # the one left over stays last instead of shifting the pairs
+    with pytest.raises(ValueError, match="group_batches"):
+        LengthBucketSampler(lengths, 8, group_batches=0)
+
+
 def test_bucket_sampler_resumes_mid_epoch():
     sampler = LengthBucketSampler(LENGTHS, batch_size=8, seed=5, num_replicas=2, rank=1)
     sampler.set_epoch(4)

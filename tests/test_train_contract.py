@@ -236,7 +236,9 @@ def _kill_when(proc: subprocess.Popen, ckpt: Path, min_batch: int, timeout: floa
 
 def test_sigkill_mid_epoch_then_rerun_resumes_exactly(workdir):
     env = user_env(workdir / "home")
-    run_train(RESUME_ARGS + ["hydra.run.dir=outputs/straight"], workdir, env)
+    # the straight run keeps its freed heap memory (training.release_heap_mb=null), the resumed one hands it
+    # back after every step (the default, 0): releasing memory must change no number
+    run_train(RESUME_ARGS + ["hydra.run.dir=outputs/straight", "training.release_heap_mb=null"], workdir, env)
     straight = workdir / "outputs" / "straight"
     n_batches = load_checkpoint(straight / "checkpoints" / "last.pt")["position"]["batch"]
 

@@ -71,6 +71,12 @@ class LengthBucketSampler:
     by length and cuts it into batches, then shuffles the batch order. The same
     seed and epoch give the same batches on every machine.
 
+    ``group_batches`` consecutive batches of a pool (neighbours in length) stay together
+    through the shuffle: the trainer passes ranks x accumulation steps, so the micro-batches
+    of one optimizer step have similar lengths and no rank waits long for another at the
+    gradient all-reduce (with random pairs the longer batch of each step sets its pace).
+    With 1 (one process, no accumulation) the batches are shuffled one by one.
+
     Sharding works like ``DistributedSampler``: rank ``r`` of ``num_replicas``
     takes every ``num_replicas``-th batch; every rank gets the same number of
     batches (with ``drop_last=False`` a few batches are repeated to even them
@@ -92,12 +98,14 @@ class LengthBucketSampler:
         rank: int = 0,
         drop_last: bool = False,
         pool_batches: int = 50,
+        group_batches: int = 1,
     ):
         self.lengths = np.asarray(lengths, dtype=np.int64)
         if self.lengths.ndim != 1 or len(self.lengths) == 0:
             raise ValueError(f"lengths must be a non-empty 1-D sequence, got shape {self.lengths.shape}")
-        if batch_size < 1 or pool_batches < 1:
-            raise ValueError(f"batch_size and pool_batches must be >= 1, got {batch_size}, {pool_batches}")
+        if batch_size < 1 or pool_batches < 1 or group_batches < 1:
+            raise ValueError(f"batch_size, pool_batches and group_batches must be >= 1, got {batch_size}, "
+                             f"{pool_batches}, {group_batches}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in 0..{num_replicas - 1}")
         self.batch_size = batch_size
@@ -107,6 +115,7 @@ class LengthBucketSampler:
         self.rank = rank
         self.drop_last = drop_last
         self.pool_batches = pool_batches
+        self.group_batches = group_batches
         self.epoch = 0
         self.start_batch = 0
         n_batches = len(self.lengths) // batch_size if drop_last else math.ceil(len(self.lengths) / batch_size)
@@ -143,7 +152,10 @@ class LengthBucketSampler:
         if self.drop_last and len(batches[-1]) < self.batch_size:
             batches.pop()
         if self.shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
+            g = self.group_batches
+            whole = len(batches) // g * g  # a last group shorter than g stays last, or it would shift the rest
+            groups = [batches[i : i + g] for i in range(0, whole, g)]
+            batches = [b for i in rng.permutation(len(groups)) for b in groups[i]] + batches[whole:]
         return batches
 
     def rank_batches(self) -> list[list[int]]:

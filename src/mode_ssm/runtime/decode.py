@@ -20,6 +20,7 @@ from mode_ssm.decoding.ctc import ctc_greedy
 from mode_ssm.metrics import per_trial_errors
 from mode_ssm.phonemes import ids_to_string
 from mode_ssm.runtime.distributed import DistContext, gather_objects
+from mode_ssm.runtime.memory import HeapReleaser
 
 
 def autocast_for(device: torch.device, amp: bool):
@@ -64,6 +65,7 @@ def decode_split(
     *,
     search: Search | None = None,
     keep_log_probs: bool = False,
+    release_heap: HeapReleaser | None = None,
 ) -> list[dict[str, Any]]:
     """Run the model over ``batches`` and return one row per trial (all ranks' rows).
 
@@ -72,12 +74,16 @@ def decode_split(
     every decoder is scored by the same rows and :func:`mode_ssm.metrics.summarize`.
     ``keep_log_probs`` adds each trial's CTC log-probabilities (T', 41) as
     ``row["log_probs"]`` so word search can be re-run without the model.
+    ``release_heap`` is called after every batch to hand freed heap memory back to the OS
+    (:mod:`mode_ssm.runtime.memory`: batches grow along a length-sorted split); None: one
+    with the default threshold for this call.
     """
     model.eval()
     head = getattr(getattr(model, "module", model), "mode_head", None)
     # a model trained where the data supported no two-mode split predicts no mode (its head learnt none)
     predicts_mode = head is None or bool(head.mode_signal)
     rows: list[dict[str, Any]] = []
+    release_heap = HeapReleaser() if release_heap is None else release_heap
     for batch in batches:
         batch = move_batch(batch, ctx.device)
         with autocast_for(ctx.device, amp):
@@ -117,4 +123,6 @@ def decode_split(
                 row.update(scores(ref_ids, greedy[i], batch["sentences"][i],
                                   words[i] if words is not None else None, float(ctc[i])))
             rows.append(row)
+        del out, log_probs
+        release_heap()
     return gather_objects(ctx, rows)

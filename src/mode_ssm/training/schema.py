@@ -65,6 +65,7 @@ class TrainingSchema:
     max_nonfinite_batches: int = option(20, ge=0)
     max_steps: Optional[int] = option(None, ge=1)
     time_budget_minutes: Optional[float] = option(None, gt=0)
+    release_heap_mb: Optional[float] = option(0.0, ge=0)
 
 
 @dataclass

@@ -38,6 +38,7 @@ from mode_ssm.runtime.checkpoint import (
     CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
 from mode_ssm.runtime.decode import autocast_for, decode_split, move_batch
+from mode_ssm.runtime.memory import HeapReleaser, heap_release_available
 from mode_ssm.runtime.schema import check_values
 from mode_ssm.runtime.tracking import start_tracker
 from mode_ssm.training.curriculum import LOSS_NAMES, Stage, plan_curriculum
@@ -161,9 +162,11 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
     if ctx.is_main:
         print(train_set.report.summary())
         print(val_set.report.summary())  # every readable val trial is scored; flagged ones are listed
+    # one optimizer step's micro-batches (every rank's, every accumulation step's) of similar lengths
     sampler = LengthBucketSampler(
         train_set.trial_lengths(), cfg.training.batch_size, shuffle=True, seed=cfg.seed,
         num_replicas=ctx.world_size, rank=ctx.rank,
+        group_batches=ctx.world_size * int(cfg.training.gradient_accumulation_steps),
     )
     # its own generator: a loader drawing from the global RNG would make a resumed run differ
     train_loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_trials,
@@ -254,9 +257,17 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
         )
 
     def evaluate(dataset, indices=None) -> dict[str, Any]:
-        rows = decode_split(model, smoothed(eval_loader(dataset, indices), augmenter), ctx, word_decoder, amp)
+        rows = decode_split(model, smoothed(eval_loader(dataset, indices), augmenter), ctx, word_decoder, amp,
+                            release_heap=release_heap)
         return summarize(rows)
 
+    # freed heap memory goes back to the OS once the resident set has grown this much: without it the
+    # resident set climbs from epoch to epoch (runtime/memory.py says why and what was measured)
+    growth_mb = cfg.training.release_heap_mb
+    if growth_mb is not None and not heap_release_available() and ctx.is_main:
+        print(f"training.release_heap_mb={growth_mb}: this C library has no malloc_trim (glibc only), so freed "
+              "heap memory stays with the process; peak RSS may grow from epoch to epoch")
+    release_heap = HeapReleaser(None if growth_mb is None else float(growth_mb))
     progress = Progress(enabled=ctx.is_main)
     max_steps = cfg.training.max_steps
     budget_s = 60.0 * cfg.training.time_budget_minutes if cfg.training.time_budget_minutes else math.inf
@@ -354,6 +365,9 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
                         metrics["train/grad_norm"] = grad_norm
                     tracker.log(metrics)
                     progress.advance(metrics["train/loss"], batch_time)
+                    if last_micro:
+                        del out, losses, batch, feats
+                        release_heap()
                     if last_micro and cfg.training.checkpoint_every_steps and \
                             pos.optimizer_steps_in_stage % cfg.training.checkpoint_every_steps == 0:
                         checkpoint("last.pt", optimizer, scheduler)
