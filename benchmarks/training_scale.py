@@ -92,7 +92,7 @@ def rnnt(args, out: Path) -> dict:
         results[loss] = {
             "ctc_peak_rss_mb": round(ctc[-1]["time/peak_rss_mb"]),
             "joint_peak_rss_mb": round(joint[-1]["time/peak_rss_mb"]),
-            "joint_trials_per_s": round(sum(n_train for _ in joint) / sum(h["time/epoch_seconds"] for h in joint), 2),
+            "joint_trials_per_s": round(n_train * len(joint) / sum(h["time/epoch_seconds"] for h in joint), 2),
             "val_per": joint[-1].get("val/per"), "val_wer": joint[-1].get("val/wer"),
             "val_per_after_warmup": ctc[-1].get("val/per"),
         }
