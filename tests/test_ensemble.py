@@ -8,9 +8,12 @@ import json
 import pytest
 import torch
 
-from helpers import run_script
+from helpers import REPO, run_script
 from mode_ssm.models.mode_ssm import ModeSSM, ModeSSMConfig
-from mode_ssm.runtime.ensemble import EnsembleModel, load_checkpoints
+from mode_ssm.runtime.ensemble import EnsembleModel, MergedEnsemble, load_checkpoints
+
+TINY_GRU = ["model=gru_small", "model.n_units=16", "model.n_layers=1", "decoding.extra_vocabulary=100",
+            "decoding.beam=8", "data.train_wer_trials=8", "training.max_steps=3", "data.max_sessions=3"]
 
 
 def member(seed: int) -> ModeSSM:
@@ -80,3 +83,43 @@ def test_members_that_cannot_be_averaged_are_refused_by_name(tmp_path, tiny_chec
         load_checkpoints([str(tiny_checkpoint), str(other)], tmp_path, "cpu")
     with pytest.raises(ValueError, match="a path or a list of paths"):
         load_checkpoints([], tmp_path, "cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_gru(tmp_path_factory, tiny_data_root):
+    run_dir = tmp_path_factory.mktemp("gru_run")
+    run_script("train.py", [f"data.data_root={tiny_data_root}", *TINY_GRU, f"hydra.run.dir={run_dir}"], REPO)
+    return run_dir / "checkpoints" / "best.pt"
+
+
+def test_models_at_other_frame_rates_merge_their_nbest_lists(tmp_path, tiny_data_root, tiny_checkpoint, tiny_gru):
+    """MODE-SSM (80 ms frames) + the GRU baseline (14-bin patches): the search of the merged ensemble is
+    each model's own n-best, merged by :func:`merge_nbests`; evaluate runs it end to end."""
+    from mode_ssm.decoding.nbest_merge import merge_nbests
+    from mode_ssm.evaluation.pipeline import open_split, raw_batches
+    from mode_ssm.evaluation.search import MERGE_NBEST, WordDecoding, merged_nbest_search
+
+    loaded = load_checkpoints([str(tiny_checkpoint), str(tiny_gru)], tmp_path, "cpu")
+    assert isinstance(loaded.model, MergedEnsemble) and len(loaded.model.groups) == 2
+    data = open_split(loaded, tiny_data_root, "val")
+    batch = next(raw_batches(data, list(range(min(4, len(data)))), 4, None, loaded.device))
+    x, n, days = batch["features"], batch["feature_lengths"], batch["day_index"]
+    with torch.no_grad():
+        out = loaded.model(x, n, days)
+        own = [g(x, n, days) for g in loaded.model.groups]
+    assert out["group_log_probs"][0].shape[1] != out["group_log_probs"][1].shape[1]  # the frame rates differ
+    words = WordDecoding(loaded, tiny_data_root, tmp_path / "lm")
+    _, sentences = merged_nbest_search(words.decoder())(out, out["phoneme_logits"], out["out_lengths"])
+    decoder = words.decoder()
+    decoder.nbest = MERGE_NBEST
+    for b, sentence in enumerate(sentences):
+        trial = [o["phoneme_logits"][b, : int(o["out_lengths"][b])].float().log_softmax(-1) for o in own]
+        merged = merge_nbests([decoder.decode(t) for t in trial], trial, decoder.lm_weight, decoder.word_score)
+        assert sentence == merged[0].sentence
+    common = ["split=val", f"data.data_root={tiny_data_root}"]
+    run_script("evaluate.py", [f"checkpoint=[{tiny_checkpoint},{tiny_gru}]", *common, "output_dir=mixed"], tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "mixed" / "predictions.csv", newline="")))
+    assert len(rows) == len(data)
+    bad = run_script("evaluate.py", [f"checkpoint=[{tiny_checkpoint},{tiny_gru}]", *common, "decoder=ctc_greedy",
+                                     "output_dir=bad"], tmp_path, expect_rc=1)
+    assert "decodes with decoder=ctc_lm only" in bad.stderr + bad.stdout

@@ -207,10 +207,30 @@ class WordHypothesis:
     score: float  # what the beam search ranks by
     acoustic_score: float  # sum of the emitted tokens' log-probabilities along the best alignment
     lm_log_prob: float  # ln P_LM(words, </s>), unweighted; 0 without an LM
+    # the phoneme targets the search aligned, canonical: each word's pronunciation then the boundary
+    # (leading and repeated boundaries of the path dropped); () where unknown
+    phonemes: tuple[int, ...] = ()
 
     @property
     def sentence(self) -> str:
         return " ".join(self.words)
+
+
+def path_phonemes(tokens: Sequence[int]) -> tuple[int, ...]:
+    """A CTC path's labels, as a training target reads: repeats merged, blanks dropped, then boundary
+    runs merged into one and leading boundaries dropped (flashlight's path may open and close with
+    silence frames); a non-empty result ends with the boundary."""
+    labels: list[int] = []
+    previous = None
+    for t in tokens:
+        t = int(t)
+        if t != previous and t != BLANK and 0 <= t < NUM_CLASSES:
+            if not (t == BOUNDARY and (not labels or labels[-1] == BOUNDARY)):
+                labels.append(t)
+        previous = t
+    if labels and labels[-1] != BOUNDARY:
+        labels.append(BOUNDARY)
+    return tuple(labels)
 
 
 def _as_float32(x: Any) -> np.ndarray:
@@ -291,6 +311,7 @@ class WordDecoder:
         self.lexicon = lexicon
         self.nbest = nbest
         self.boundary = boundary
+        self.lm_weight, self.word_score = float(lm_weight), float(word_score)  # for scores outside the search
 
         words = [w for w in lexicon.words if w != UNK_WORD] + [UNK_WORD]
         self.word_dict = Dictionary(words)
@@ -404,7 +425,9 @@ class WordDecoder:
             if words in seen:
                 continue
             seen.add(words)
-            hyps.append(WordHypothesis(words, float(r.score), float(r.emittingModelScore), float(r.lmScore) * LN10))
+            # tokens: one per frame between the search's start and end states
+            hyps.append(WordHypothesis(words, float(r.score), float(r.emittingModelScore), float(r.lmScore) * LN10,
+                                       path_phonemes(list(r.tokens)[1:-1])))
             if len(hyps) == self.nbest:
                 break
         return hyps

@@ -34,11 +34,11 @@ from mode_ssm.data.batching import collate_trials
 from mode_ssm.data.t15 import BIN_SECONDS, T15DataError, T15Split
 from mode_ssm.decoding.rescoring import CausalLMScorer, RescoringDecoder
 from mode_ssm.models.build import output_frames
-from mode_ssm.evaluation.search import RNNTSettings, WordDecoding, make_search
+from mode_ssm.evaluation.search import RNNTSettings, WordDecoding, make_search, merged_nbest_search
 from mode_ssm.evaluation.tta import TTAConfig, adapted_to_session, whiten_batches
 from mode_ssm.runtime.decode import Search, decode_split
 from mode_ssm.runtime.distributed import DistContext
-from mode_ssm.runtime.ensemble import load_checkpoints
+from mode_ssm.runtime.ensemble import MergedEnsemble, load_checkpoints
 from mode_ssm.runtime.loading import LoadedModel, pick_device
 
 UNSEEN_STRATEGIES = ("nearest", "identity")
@@ -325,5 +325,11 @@ def prepare(cfg: Any, launch_dir: str | Path, split: str, work_dir: str | Path, 
     decoder = decoder or str(cfg.decoder)
     search, word_decoder = make_search(decoder, loaded, words, RNNTSettings(**config_dict(cfg.get("rnnt"))))
     word_decoder = rescoring_decoder(word_decoder, cfg.get("rescore"), launch_dir, loaded.device, decoder)
+    if isinstance(loaded.model, MergedEnsemble):
+        if decoder != "ctc_lm":
+            raise ValueError(f"decoder={decoder}: an ensemble of models with different frame rates "
+                             f"({loaded.description}) is combined by merging the lexicon + n-gram search's n-best "
+                             "lists, so it decodes with decoder=ctc_lm only")
+        search = merged_nbest_search(word_decoder)
     return Prepared(loaded, data_root, data, words, search, word_decoder, tta, int(cfg.batch_size),
                     str(cfg.unseen_sessions), bool(cfg.amp) and loaded.device.type == "cuda")

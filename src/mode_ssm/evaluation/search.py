@@ -14,15 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+
 from mode_ssm.data.sentences import train_sentences
 from mode_ssm.decoding.ctc import ctc_greedy
-from mode_ssm.decoding.lexicon_decoder import PronunciationIndex, greedy_words
+from mode_ssm.decoding.lexicon_decoder import PronunciationIndex, batch_trials, greedy_words
+from mode_ssm.decoding.nbest_merge import merge_nbests
+from mode_ssm.decoding.rescoring import RescoringDecoder, rescore_nbests
 from mode_ssm.decoding.rnnt_search import NbestWordScorer, rnnt_beam_search, rnnt_greedy_search
 from mode_ssm.decoding.words import lm_path, make_word_decoder, word_resources
 from mode_ssm.runtime.decode import Search
 from mode_ssm.runtime.loading import LoadedModel
 
 DECODERS = ("ctc_lm", "ctc_greedy", "rnnt_greedy", "rnnt_beam")
+MERGE_NBEST = 10  # sentences per group merged by a mixed-frame-rate ensemble (rescore.nbest when rescoring)
 
 
 class WordDecoding:
@@ -118,3 +123,26 @@ def make_search(
         return ids, sentences
 
     return transducer_search, None
+
+
+def merged_nbest_search(word_decoder: Any) -> Search:
+    """The search of a :class:`~mode_ssm.runtime.ensemble.MergedEnsemble` (``decoder=ctc_lm``): each group's
+    n-best from ``word_decoder``'s lexicon + n-gram search, merged and rescored by every group
+    (:func:`mode_ssm.decoding.nbest_merge.merge_nbests`), then re-ranked by the neural LM when
+    ``word_decoder`` is a :class:`RescoringDecoder`. Phonemes: CTC greedy of the first group."""
+    rescoring = word_decoder if isinstance(word_decoder, RescoringDecoder) else None
+    base = rescoring.decoder if rescoring is not None else word_decoder
+    base.nbest = rescoring.nbest if rescoring is not None else max(base.nbest, MERGE_NBEST)
+
+    def search(out, log_probs, lengths):
+        ids = ctc_greedy(log_probs, lengths)
+        groups = [batch_trials(lp, n) for lp, n in zip(out["group_log_probs"], out["group_lengths"])]
+        merged = []
+        for b in range(len(ids)):
+            trial = [torch.from_numpy(g[b]) for g in groups]
+            merged.append(merge_nbests([base.decode(t) for t in trial], trial, base.lm_weight, base.word_score))
+        if rescoring is not None:
+            merged = rescore_nbests(merged, rescoring.scorer, rescoring.alpha, rescoring.length_bonus)
+        return ids, [m[0].sentence if m else "" for m in merged]
+
+    return search

@@ -1,14 +1,17 @@
 """Ensembles: several trained checkpoints decoded as one model.
 
-``checkpoint=[A,B,C]`` (a Hydra list) in evaluate / make_submission loads every member and
-wraps them in :class:`EnsembleModel`, whose forward averages the members' CTC
-log-probabilities frame by frame (the log of the geometric mean of their posteriors, which
-the search renormalises); the word search then runs once on the average. This needs members
-with the same output frames (the same conv stem: every MODE-SSM variant here, not the GRU
-baseline's 14-bin patches), the same training sessions (one day index) and the same input
-pipeline; a mismatch is an error naming both checkpoints. Combining members with other frame
-rates by merging their n-best lists is not implemented. The speaking mode is the mean of the
-posteriors of the members that predict one.
+``checkpoint=[A,B,C]`` (a Hydra list) in evaluate / make_submission loads every member.
+Members with the same output frames (the same conv stem: every MODE-SSM variant here) are
+wrapped in :class:`EnsembleModel`, whose forward averages their CTC log-probabilities frame by
+frame (the log of the geometric mean of their posteriors, which the search renormalises); the
+word search then runs once on the average. Members at other frame rates (the GRU baseline's
+14-bin patches) form further groups, each averaged the same way, and :class:`MergedEnsemble`
+runs them all: the word search runs once per group and the groups' n-best lists are merged and
+rescored by every group's CTC likelihood (:mod:`mode_ssm.decoding.nbest_merge`). Phonemes
+(PER) and the CTC loss of a merged ensemble are those of its first group, the one holding the
+first checkpoint. All members need the same training sessions (one day index) and the same
+input pipeline; a mismatch is an error naming both checkpoints. The speaking mode is the mean of
+the posteriors of the members that predict one.
 """
 
 from __future__ import annotations
@@ -59,6 +62,60 @@ class EnsembleModel(nn.Module):
         return out
 
 
+class MergedEnsemble(nn.Module):
+    """Groups of members at different frame rates: every group's log-probabilities, for an n-best merge.
+
+    The output is the first group's (``phoneme_logits``, ``out_lengths``: what PER, the CTC loss and
+    greedy phonemes read) plus ``group_log_probs`` and ``group_lengths``, one entry per group, for
+    the merging search (``evaluation/search.py``); the mode is averaged over every member that predicts one.
+    """
+
+    def __init__(self, groups: Sequence[nn.Module]):
+        super().__init__()
+        if len(groups) < 2:
+            raise ValueError(f"a merged ensemble needs at least 2 groups, got {len(groups)}")
+        self.groups = nn.ModuleList(groups)
+        self.config = groups[0].config
+
+    def output_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
+        return self.groups[0].output_lengths(feature_lengths)
+
+    def forward(self, features: torch.Tensor, feature_lengths: torch.Tensor, day_index: torch.Tensor,
+                **unused: Any) -> dict[str, Any]:
+        if any(v is not None and v is not False for v in unused.values()):
+            raise ValueError(f"an ensemble decodes only: {sorted(unused)} are training options")
+        outs = [g(features, feature_lengths, day_index) for g in self.groups]
+        log_probs = [o["phoneme_logits"].float().log_softmax(-1) for o in outs]
+        out: dict[str, Any] = {"phoneme_logits": log_probs[0], "out_lengths": outs[0]["out_lengths"],
+                               "group_log_probs": log_probs, "group_lengths": [o["out_lengths"] for o in outs]}
+        voters = []  # one posterior per member that predicts a mode
+        for o, g in zip(outs, self.groups):
+            if isinstance(g, EnsembleModel):
+                if "mode_probs" in o:  # the group's voters already averaged: weigh it by their number
+                    voters += [o["mode_probs"]] * sum(_predicts_mode(m) for m in g.members)
+            elif "mode_logits" in o and _predicts_mode(g):
+                voters.append(o["mode_logits"].float().softmax(-1))
+        if voters:
+            probs = torch.stack(voters).mean(0)
+            out.update(mode_probs=probs, mode_logits=probs.log())
+        return out
+
+
+def _frame_rate_groups(loaded: Sequence[LoadedModel]) -> list[list[LoadedModel]]:
+    """Members grouped by the output frames they emit (checked at ``PROBE_LENGTHS``), first-seen order."""
+    probe = torch.tensor(PROBE_LENGTHS)
+    groups: list[tuple[torch.Tensor, list[LoadedModel]]] = []
+    for m in loaded:
+        frames = m.model.output_lengths(probe)
+        for key, members in groups:
+            if torch.equal(key, frames):
+                members.append(m)
+                break
+        else:
+            groups.append((frames, [m]))
+    return [members for _, members in groups]
+
+
 def load_checkpoints(checkpoint: Any, launch_dir: str | Path, device: Any) -> LoadedModel:
     """``checkpoint``: one path, or a list of paths (relative to ``launch_dir``) -> one model or their ensemble."""
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
@@ -76,11 +133,7 @@ def load_checkpoints(checkpoint: Any, launch_dir: str | Path, device: Any) -> Lo
         if other.eval_augmenter().config != pipeline or other.num_channels != first.num_channels:
             raise ValueError(f"{pair} read their input differently (smoothing, causality or channels): "
                              f"{pipeline} / {other.eval_augmenter().config}")
-        probe = torch.tensor(PROBE_LENGTHS)
-        if not torch.equal(first.model.output_lengths(probe), other.model.output_lengths(probe)):
-            raise ValueError(f"{pair} emit frames at different rates ({type(first.model).__name__} vs "
-                             f"{type(other.model).__name__}): their log-probabilities cannot be averaged "
-                             "frame by frame, and merging n-best lists across frame rates is not implemented")
-    model = EnsembleModel([m.model for m in loaded]).to(first.device).eval()
+    groups = [g[0].model if len(g) == 1 else EnsembleModel([m.model for m in g]) for g in _frame_rate_groups(loaded)]
+    model = (groups[0] if len(groups) == 1 else MergedEnsemble(groups)).to(first.device).eval()
     return LoadedModel(model, first.day_index, first.config, first.path, first.trained_data_root, first.device,
                        members=[m.path for m in loaded])
