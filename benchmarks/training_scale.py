@@ -21,6 +21,12 @@ Sections:
   (one thread), one process with two threads, and ``torchrun --nproc_per_node=2`` (one thread
   each, half the batch each): trials/s and the ratio to one process. Target: 2 processes >= 1.6x.
   On a GPU machine the same command line runs NCCL instead of gloo.
+- ``full`` (not in the default set; pass ``--only full`` and a ``preset=full`` root): MODE-SSM small,
+  one epoch of each of the four stages, ``--workers`` loader processes: per stage the epoch's wall
+  time, train trials/s, the time the model waited for data, the decoding time of val and the
+  train sample, peak RSS of the first trainer, and the peak PSS of the whole process tree (trainers
+  and workers, sampled every 2 s). ``--processes 2`` trains with torchrun. Target: peak RSS below 4 GB
+  while the whole set streams from disk.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ TRAIN = str(REPO / "scripts" / "train.py")
 JOINT = "{name: joint_train, epochs: %d, components: [day_layers, preprocessor, encoder, mode_head, ctc_head, rnnt], " \
         "loss_weights: {ctc: 0.5, rnnt: 0.5, mode: 0.1}}"
 CTC = "{name: ctc_warmup, epochs: %d, components: [preprocessor, encoder, ctc_head], loss_weights: {ctc: 1.0}}"
+MODE = "{name: mode_train, epochs: %d, components: [mode_head, ctc_head, rnnt], loss_weights: {ctc: 0.5, rnnt: 0.5, mode: 1.0}}"
+DENOISE = "{name: denoise_train, epochs: %d, components: [flow_bridge], loss_weights: {denoise: 1.0}}"
 
 
 def run_training(cmd: list[str], run_dir: Path, threads: int = 1) -> dict:
@@ -45,19 +53,51 @@ def run_training(cmd: list[str], run_dir: Path, threads: int = 1) -> dict:
     if (run_dir / "checkpoints").exists():
         raise SystemExit(f"{run_dir} already holds a run; choose another --out or remove it")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "disabled"}
-    start = time.perf_counter()
-    proc = subprocess.run([*cmd, f"hydra.run.dir={run_dir}", f"torch_threads={threads}"], capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, env=env, cwd=REPO)
-    seconds = time.perf_counter() - start
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "benchmark.log").write_text(proc.stdout + proc.stderr)
+    log = run_dir / "benchmark.log"  # written as the run goes: `tail -f` it to follow a long run
+    start = time.perf_counter()
+    with log.open("w") as handle:
+        proc = subprocess.Popen([*cmd, f"hydra.run.dir={run_dir}", f"torch_threads={threads}"], stdout=handle,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=REPO)
+        tree_pss = _watch_memory(proc)
+    seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed after {seconds:.0f} s (log: {run_dir / 'benchmark.log'}):\n"
-                         f"{proc.stderr[-3000:]}")
+        raise SystemExit(f"{' '.join(cmd)} failed after {seconds:.0f} s (log: {log}):\n"
+                         f"{log.read_text()[-3000:]}")
     from mode_ssm.runtime.checkpoint import load_checkpoint
 
     return {"history": load_checkpoint(run_dir / "checkpoints" / "last.pt")["position"]["history"],
-            "seconds": seconds}
+            "seconds": seconds, "peak_tree_pss_mb": tree_pss}
+
+
+def _watch_memory(proc: subprocess.Popen, every_s: float = 2.0) -> float | None:
+    """Wait for ``proc``; the largest sum of PSS over it and all its descendants, sampled every ``every_s``.
+
+    PSS (proportional set size) shares a page between the processes mapping it, so the sum over
+    trainers and loader workers is the memory the run really holds (RSS would count shared pages
+    once per process). None where psutil cannot read it.
+    """
+    try:
+        import psutil
+    except ImportError:
+        proc.wait()
+        return None
+    peak = None
+    while proc.poll() is None:
+        try:
+            root = psutil.Process(proc.pid)
+            total = 0
+            for p in [root, *root.children(recursive=True)]:
+                try:
+                    total += p.memory_full_info().pss
+                except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
+                    pass
+            peak = max(peak or 0.0, total / 2**20)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(every_s)
+    proc.wait()
+    return None if peak is None else round(peak)
 
 
 def train_trials(data_root: str) -> int:
@@ -133,16 +173,48 @@ def ddp(args, out: Path) -> dict:
     return results
 
 
+def full(args, out: Path) -> dict:
+    n_train = train_trials(args.data_root)
+    stages = f"training.stages=[{CTC % 1},{JOINT % 1},{MODE % 1},{DENOISE % 1}]"
+    launcher = [sys.executable] if args.processes == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.processes}"]
+    run = run_training([*launcher, TRAIN, f"data.data_root={args.data_root}", "model=mode_ssm_small", stages,
+                        f"training.batch_size={args.batch_size // args.processes}", f"data.num_workers={args.workers}",
+                        *args.extra], out / "full")
+    rows = {}
+    for h in run["history"]:
+        rows[h["stage"]] = {"epoch_s": round(h["time/epoch_seconds"]),
+                            "trials_per_s": round(n_train / h["time/epoch_seconds"], 2),
+                            "data_wait_s": round(h.get("time/data_wait_seconds", float("nan")), 1),
+                            "eval_s": round(h.get("time/eval_seconds", float("nan"))),
+                            "peak_rss_mb": round(h["time/peak_rss_mb"]),
+                            "val_per": h.get("val/per"), "val_wer": h.get("val/wer")}
+    print(f"\n## full: MODE-SSM small, one epoch of every stage, global batch {args.batch_size}, {n_train} train "
+          f"trials, {args.processes} training process(es) of one torch thread, {args.workers} loader worker(s) each; "
+          f"whole run {run['seconds'] / 60:.1f} min; peak PSS of all its processes together "
+          f"{run['peak_tree_pss_mb']} MB")
+    print("| stage | train epoch (s) | train trials/s | waiting for data (s) | val + train-sample decoding (s) | "
+          "peak RSS of the first trainer so far (MB) | val PER | val WER (%) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for stage, r in rows.items():
+        print(f"| {stage} | {r['epoch_s']} | {r['trials_per_s']} | {r['data_wait_s']} | {r['eval_s']} | "
+              f"{r['peak_rss_mb']} | {r['val_per']:.3f} | {r['val_wer']:.1f} |")
+    return {"stages": rows, "run_seconds": round(run["seconds"]), "peak_tree_pss_mb": run["peak_tree_pss_mb"],
+            "processes": args.processes, "workers": args.workers}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", required=True)
     p.add_argument("--out", default="outputs/training_scale")
-    p.add_argument("--only", nargs="+", choices=("memory", "rnnt", "ddp"), default=("memory", "rnnt", "ddp"))
+    p.add_argument("--only", nargs="+", choices=("memory", "rnnt", "ddp", "full"), default=("memory", "rnnt", "ddp"))
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--memory-epochs", type=int, default=4)
     p.add_argument("--warmup-epochs", type=int, default=4)
     p.add_argument("--joint-epochs", type=int, default=2)
     p.add_argument("--ddp-steps", type=int, default=40)
+    p.add_argument("--workers", type=int, default=1, help="data.num_workers of the full section")
+    p.add_argument("--processes", type=int, default=1, help="training processes of the full section (torchrun when > 1)")
     p.add_argument("--extra", nargs="*", default=[], help="more scripts/train.py overrides for every run")
     args = p.parse_args()
     args.data_root = str(Path(args.data_root).resolve())
@@ -150,7 +222,7 @@ def main() -> None:
         raise SystemExit(f"--data-root {args.data_root}: no such folder (write one with scripts/simulate.py)")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    sections = {"memory": memory, "rnnt": rnnt, "ddp": ddp}
+    sections = {"memory": memory, "rnnt": rnnt, "ddp": ddp, "full": full}
     results = {name: sections[name](args, out) for name in args.only}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\nresults: {out / 'results.json'}")

@@ -236,14 +236,17 @@ def _kill_when(proc: subprocess.Popen, ckpt: Path, min_batch: int, timeout: floa
 
 def test_sigkill_mid_epoch_then_rerun_resumes_exactly(workdir):
     env = user_env(workdir / "home")
-    # the straight run keeps its freed heap memory (training.release_heap_mb=null), the resumed one hands it
-    # back after every step (the default, 0): releasing memory must change no number
+    # the straight run keeps its freed heap memory (training.release_heap_mb=null) and reads its batches in
+    # the training process; the resumed one hands memory back after every step (the default, 0) and reads
+    # through a loader worker: neither may change a number
     run_train(RESUME_ARGS + ["hydra.run.dir=outputs/straight", "training.release_heap_mb=null"], workdir, env)
     straight = workdir / "outputs" / "straight"
     n_batches = load_checkpoint(straight / "checkpoints" / "last.pt")["position"]["batch"]
+    for row in load_checkpoint(straight / "checkpoints" / "last.pt")["position"]["history"]:
+        assert 0 < row["time/data_wait_seconds"] < row["time/epoch_seconds"] and row["time/eval_seconds"] > 0, row
 
     resumed = workdir / "outputs" / "resumed"
-    cmd = [sys.executable, TRAIN] + RESUME_ARGS + ["hydra.run.dir=outputs/resumed"]
+    cmd = [sys.executable, TRAIN] + RESUME_ARGS + ["hydra.run.dir=outputs/resumed", "data.num_workers=1"]
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     _kill_when(proc, resumed / "checkpoints" / "last.pt", min_batch=n_batches // 3 + 1)
@@ -251,7 +254,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_exactly(workdir):
     assert 0 < killed_at["batch"] < n_batches
     first_id = load_checkpoint(resumed / "checkpoints" / "last.pt")["wandb_run_id"]
     assert first_id
-    again = run_train(RESUME_ARGS + ["hydra.run.dir=outputs/resumed"], workdir, env)  # the same command again
+    again = run_train(RESUME_ARGS + ["hydra.run.dir=outputs/resumed", "data.num_workers=1"], workdir, env)  # the same command again
     assert f"resuming {resumed / 'checkpoints' / 'last.pt'}: stage {killed_at['stage'] + 1}/4" in again.stdout
     assert f"(global batch {killed_at['batch']}, optimizer step " in again.stdout
     # Offline, wandb keeps each process's records in a folder of its own named after the run id;

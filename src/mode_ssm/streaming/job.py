@@ -89,12 +89,6 @@ def stream_trial(decoder: StreamingDecoder, features: np.ndarray, day: int, chun
     return final, clock
 
 
-
-
-
-
-
-
 class LiveView:
     """The rich terminal view: the current trial's partial text beside its reference."""
 

@@ -169,8 +169,11 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
         group_batches=ctx.world_size * int(cfg.training.gradient_accumulation_steps),
     )
     # its own generator: a loader drawing from the global RNG would make a resumed run differ
+    # workers (data.num_workers > 0) read and collate the next batches while the model trains; they live
+    # for the whole run rather than being started again every epoch (each start reopens every file)
     train_loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_trials,
-                              num_workers=cfg.data.num_workers, generator=torch.Generator())
+                              num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
+                              generator=torch.Generator())
 
     def eval_loader(dataset, indices=None):
         lengths = dataset.trial_lengths() if indices is None else dataset.trial_lengths()[indices]
@@ -306,8 +309,10 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
                 epoch_start = time.perf_counter()
                 optimizer.zero_grad(set_to_none=True)
                 window_problems: list[str] = []  # non-finite micro-batches of the current accumulation window
+                data_wait, fetch_start = 0.0, time.perf_counter()  # time the model waited for the loader
                 for batch in train_loader:
                     t0 = time.perf_counter()
+                    data_wait += t0 - fetch_start
                     batch = move_batch(batch, ctx.device)
                     # the random cut keeps every trial alignable by CTC under this model's output lengths
                     min_len = torch.tensor([min_bins(int(n) + count_adjacent_repeats(p[:n].tolist())) for p, n in
@@ -373,8 +378,10 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
                         checkpoint("last.pt", optimizer, scheduler)
                     if last_micro and out_of_budget():
                         break
+                    fetch_start = time.perf_counter()
                 progress.end_epoch()
                 epoch_time = time.perf_counter() - epoch_start
+                eval_start = time.perf_counter()
                 if pos.batch_in_epoch < sampler.batches_per_rank:
                     # cut by max_steps or the time budget: scored as it stands for the record (best.pt is
                     # chosen at epoch ends) and saved there, so a rerun with a larger budget trains the
@@ -410,6 +417,7 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
                     "val/wer": _pct(val.get("wer")), "val/phoneme_accuracy": _pct(val.get("phoneme_accuracy")),
                     "train/wer": _pct(train_eval.get("wer")), "train/per": train_eval.get("per"),
                     "time/epoch_seconds": epoch_time, "stage/index": pos.stage,
+                    "time/data_wait_seconds": data_wait, "time/eval_seconds": time.perf_counter() - eval_start,
                     "time/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 }
                 if val.get("mode_accuracy") is not None:
