@@ -33,24 +33,39 @@ def _predicts_mode(model: nn.Module) -> bool:
     return head is not None and bool(head.mode_signal)
 
 
-class EnsembleModel(nn.Module):
+class _Combined(nn.Module):
+    """Models decoded together: the first one's config and output lengths, decoding options only."""
+
+    def __init__(self, parts: Sequence[nn.Module], what: str, unit: str):
+        super().__init__()
+        if len(parts) < 2:
+            raise ValueError(f"{what} needs at least 2 {unit}, got {len(parts)}")
+        self.parts = nn.ModuleList(parts)
+        self.config = parts[0].config
+
+    def output_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
+        return self.parts[0].output_lengths(feature_lengths)
+
+    def _forward_parts(self, features: torch.Tensor, feature_lengths: torch.Tensor, day_index: torch.Tensor,
+                       unused: dict[str, Any]) -> list[dict[str, Any]]:
+        if any(v is not None and v is not False for v in unused.values()):
+            raise ValueError(f"an ensemble decodes only: {sorted(unused)} are training options")
+        return [m(features, feature_lengths, day_index) for m in self.parts]
+
+
+class EnsembleModel(_Combined):
     """Members with the same output frames, their CTC log-probabilities averaged per frame."""
 
     def __init__(self, members: Sequence[nn.Module]):
-        super().__init__()
-        if len(members) < 2:
-            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
-        self.members = nn.ModuleList(members)
-        self.config = members[0].config
+        super().__init__(members, "an ensemble", "members")
 
-    def output_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
-        return self.members[0].output_lengths(feature_lengths)
+    @property
+    def members(self) -> nn.ModuleList:
+        return self.parts
 
     def forward(self, features: torch.Tensor, feature_lengths: torch.Tensor, day_index: torch.Tensor,
                 **unused: Any) -> dict[str, torch.Tensor]:
-        if any(v is not None and v is not False for v in unused.values()):
-            raise ValueError(f"an ensemble decodes only: {sorted(unused)} are training options")
-        outs = [m(features, feature_lengths, day_index) for m in self.members]
+        outs = self._forward_parts(features, feature_lengths, day_index, unused)
         lengths = outs[0]["out_lengths"]
         log_probs = torch.stack([o["phoneme_logits"].float().log_softmax(-1) for o in outs]).mean(0)
         out = {"phoneme_logits": log_probs, "out_lengths": lengths}
@@ -62,7 +77,7 @@ class EnsembleModel(nn.Module):
         return out
 
 
-class MergedEnsemble(nn.Module):
+class MergedEnsemble(_Combined):
     """Groups of members at different frame rates: every group's log-probabilities, for an n-best merge.
 
     The output is the first group's (``phoneme_logits``, ``out_lengths``: what PER, the CTC loss and
@@ -71,20 +86,15 @@ class MergedEnsemble(nn.Module):
     """
 
     def __init__(self, groups: Sequence[nn.Module]):
-        super().__init__()
-        if len(groups) < 2:
-            raise ValueError(f"a merged ensemble needs at least 2 groups, got {len(groups)}")
-        self.groups = nn.ModuleList(groups)
-        self.config = groups[0].config
+        super().__init__(groups, "a merged ensemble", "groups")
 
-    def output_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
-        return self.groups[0].output_lengths(feature_lengths)
+    @property
+    def groups(self) -> nn.ModuleList:
+        return self.parts
 
     def forward(self, features: torch.Tensor, feature_lengths: torch.Tensor, day_index: torch.Tensor,
                 **unused: Any) -> dict[str, Any]:
-        if any(v is not None and v is not False for v in unused.values()):
-            raise ValueError(f"an ensemble decodes only: {sorted(unused)} are training options")
-        outs = [g(features, feature_lengths, day_index) for g in self.groups]
+        outs = self._forward_parts(features, feature_lengths, day_index, unused)
         log_probs = [o["phoneme_logits"].float().log_softmax(-1) for o in outs]
         out: dict[str, Any] = {"phoneme_logits": log_probs[0], "out_lengths": outs[0]["out_lengths"],
                                "group_log_probs": log_probs, "group_lengths": [o["out_lengths"] for o in outs]}
