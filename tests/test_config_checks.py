@@ -60,7 +60,7 @@ def test_each_model_trains_its_own_curriculum():
     (["training.optimizer.betas=[0.9,1.5]"], r"training.optimizer.betas\[1\]=1.5: must be < 1"),
     (["training.max_steps=0"], r"training.max_steps=0: must be >= 1"),
     (["training.time_budget_minutes=-1"], r"training.time_budget_minutes=-1.0: must be > 0"),
-    (["data.sim_preset=huge"], r"data.sim_preset='huge': must be one of \['mini', 'bench', 'full'\]"),
+    (["data.sim_preset=huge"], r"data.sim_preset='huge': must be one of \['quick', 'mini', 'bench', 'full'\]"),
     (["+training.foo=1"], r"training.foo is not an option \(it would be ignored\); the options of training are"),
     (["+seeds=1"], r"seeds is not an option"),
 ])

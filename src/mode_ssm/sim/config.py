@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from mode_ssm.sim.corpus import CORPORA
 from mode_ssm.sim.neural import NEURAL_V1, SIM_VERSIONS, NeuralParams
 
+# The first four sessions of the release (days 25-34 after implant), where T15 began with a 50-word vocabulary.
+QUICK_SESSIONS = ("t15.2023.08.11", "t15.2023.08.13", "t15.2023.08.18", "t15.2023.08.20")
 MINI_SESSIONS = ("t15.2023.08.13", "t15.2023.10.22", "t15.2024.03.15", "t15.2025.01.12")
 # 11 sessions evenly spaced over the 45 (first to last day), so drift is visible.
 BENCH_SESSIONS = (
@@ -33,6 +36,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "drop_fraction": 0.0,
         "silent_fraction": 0.4,
         "neural": {},
+    },
+    "quick": {
+        "name": "quick",
+        "version": 2,
+        "sessions": list(QUICK_SESSIONS),
+        "trial_fraction": 0.35,
+        "max_words": None,
+        "drop_fraction": 0.0,
+        "silent_fraction": 0.4,
+        "corpus": "50-Word",
+        "neural": {"silent_wpm": 60.0},
     },
     "bench": {
         "name": "bench",
@@ -69,6 +83,9 @@ class SimConfig:
     max_words: int | None = None  # cap on words per sentence (short sentences for quick demos)
     drop_fraction: float = 0.0  # share of trials left out, as the release left some out
     silent_fraction: float = 0.4  # share of blocks spoken in attempted silent mode
+    # Every block's sentences from this corpus (e.g. "50-Word"), whatever the block table names;
+    # None: the table's corpus per block. Blocks keep their Train or Val/Test split.
+    corpus: str | None = None
     neural: NeuralParams = dataclasses.field(default_factory=NeuralParams)
     write_alignment: bool = False  # add each trial's frame labels (attr frame_phoneme_ids); benchmarks only
     # Val/test word mix: the grammar's chance of a hand-written core word (conversational 0.8) is
@@ -98,6 +115,8 @@ class SimConfig:
             raise ValueError(f"drop_fraction must be in [0, 0.5), got {cfg['drop_fraction']}")
         if not 0.0 <= float(cfg.get("silent_fraction", 0.4)) <= 1.0:
             raise ValueError(f"silent_fraction must be in [0, 1], got {cfg['silent_fraction']}")
+        if cfg.get("corpus") is not None and cfg["corpus"] not in CORPORA:
+            raise ValueError(f"corpus must be one of {list(CORPORA)} or null, got {cfg['corpus']!r}")
         if cfg.get("max_words") is not None and int(cfg["max_words"]) < 1:
             raise ValueError(f"max_words must be >= 1, got {cfg['max_words']}")
         neural = cfg.get("neural")

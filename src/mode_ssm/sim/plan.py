@@ -119,6 +119,8 @@ def make_plan(cfg_or_preset_name: str | Mapping[str, Any] | SimConfig, seed: int
     config = load_config(cfg_or_preset_name)
     params: NeuralParams = config.neural
     blocks = _select_blocks(config, table if table is not None else read_block_table())
+    if config.corpus is not None:
+        blocks = [dataclasses.replace(b, corpus=config.corpus) for b in blocks]
     modes = _speaking_modes(blocks, seed, config.silent_fraction)
 
     kept_trial_nums: list[np.ndarray] = []
