@@ -107,6 +107,10 @@ def test_contract_command_line_offline_without_key(workdir):
         assert "NO supported two-mode split" in out and not any("val/mode_accuracy" in r for r in epoch_rows)
     assert run.step_metrics["train/loss"] == "batch" and run.step_metrics["val/*"] == "epoch"
     assert run.step_metrics["train/wer"] == "epoch" and run.step_metrics["learning_rate"] == "epoch"
+    # the summary ends with val trials decoded by best.pt, saved with the position
+    assert "val trials decoded by the best checkpoint" in proc.stdout
+    examples = load_checkpoint(run_dir / "checkpoints" / "best.pt")["position"]["best_examples"]
+    assert 1 <= len(examples) <= 8 and all(e["reference"] in proc.stdout for e in examples)
 
 
 def test_wandb_offline_typed_in_project_dir_and_tags_override(workdir):
@@ -188,7 +192,7 @@ def test_torchrun_two_processes_match_one_process_through_the_whole_curriculum(w
     batch = _even_batch_size(tiny_data_root, 2)
     common = ["data.data_root=data/hdf5_data_final", "data.max_sessions=2", f"training.batch_size={batch}",
               "training.stages.0.epochs=1", "training.stages.1.epochs=1", "training.stages.2.epochs=1",
-              "training.stages.3.epochs=1", "wandb.enabled=true"] + TINY + NO_NOISE
+              "training.stages.3.epochs=1", "wandb.enabled=true", "training.day_smoothness=0.5"] + TINY + NO_NOISE
     run_train(common + ["training.gradient_accumulation_steps=2", "hydra.run.dir=outputs/single"], workdir, env)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", TRAIN]
     proc = run_train(common + ["training.gradient_accumulation_steps=1", "hydra.run.dir=outputs/ddp"], workdir, env,
@@ -210,6 +214,10 @@ def test_torchrun_two_processes_match_one_process_through_the_whole_curriculum(w
     for loss in ("train/loss_rnnt", "train/loss_mode", "train/loss_denoise"):
         values = run.series(loss)
         assert values and all(math.isfinite(v) for v in values), (loss, values)
+    # the day-layer smoothness penalty acted in the joint stage (the one that trains day layers), as
+    # a gradient added after DDP's all-reduce, and the ranks still agree with one process (above)
+    smooth = run.series("train/day_smoothness")
+    assert smooth and smooth[0] == 0.0 and smooth[-1] > 0.0, smooth
 
 
 RESUME_ARGS = ["data.data_root=data/hdf5_data_final", "training.batch_size=2", "training.checkpoint_every_steps=1",

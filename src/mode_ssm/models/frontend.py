@@ -86,6 +86,17 @@ class DayInputLayers(nn.Module):
         self.biases.append(nn.Parameter(bias))
         return self.n_days - 1
 
+    def smoothness_penalty(self) -> torch.Tensor:
+        """Mean over adjacent days (d, d+1) of ||W[d+1] - W[d]||^2 + ||b[d+1] - b[d]||^2 (squared Frobenius).
+
+        Day indices follow the sessions' dates, so this ties each session's layer to its neighbours'
+        (drift between consecutive sessions is gradual); 0 with a single day."""
+        if self.n_days < 2:
+            return self.weights[0].sum() * 0.0
+        w = torch.stack(list(self.weights))
+        b = torch.stack(list(self.biases))
+        return ((w[1:] - w[:-1]).square().sum((1, 2)) + (b[1:] - b[:-1]).square().sum(1)).mean()
+
     def forward(self, x: torch.Tensor, day_index: torch.Tensor) -> torch.Tensor:
         """x (B, T, C), day_index (B,) int64 -> (B, T, C)."""
         if x.shape[-1] != self.n_channels:

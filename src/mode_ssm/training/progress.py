@@ -68,3 +68,17 @@ def print_summary(summary: dict[str, Any]) -> None:
     else:
         table.add_row("W&B", "disabled (wandb.enabled=true to track)")
     console.print(table)
+    examples = summary.get("examples") or []
+    if examples:
+        shown = Table(title="val trials decoded by the best checkpoint (a fixed sample)")
+        shown.add_column("reference")
+        shown.add_column("decoded")
+        with_mode = any(e.get("mode") for e in examples)
+        if with_mode:
+            shown.add_column("mode: predicted / true")
+        for e in examples:
+            cells = [e["reference"], e["decoded"] or ""]
+            if with_mode:
+                cells.append(f"{e.get('mode') or '-'} / {e.get('true_mode') or '-'}")
+            shown.add_row(*cells)
+        console.print(shown)

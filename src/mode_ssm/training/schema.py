@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional
 
 from mode_ssm.runtime.schema import DEVICES, ON_BAD_SESSION, VALIDATE, DecodingSchema, WandbSchema, option, register
 
-SIM_PRESETS = ("mini", "bench", "full")  # configs/preset/
+SIM_PRESETS = ("quick", "mini", "bench", "full")  # configs/preset/
 
 
 @dataclass
@@ -66,6 +66,7 @@ class TrainingSchema:
     max_steps: Optional[int] = option(None, ge=1)
     time_budget_minutes: Optional[float] = option(None, gt=0)
     release_heap_mb: Optional[float] = option(0.0, ge=0)
+    day_smoothness: float = option(0.0, ge=0)
 
 
 @dataclass

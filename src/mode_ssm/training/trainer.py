@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from mode_ssm.atomic import remove_stale_temporaries
 from mode_ssm.data.augment import Augmenter, smoothed
 from mode_ssm.data.batching import LengthBucketSampler, collate_trials
-from mode_ssm.data.t15 import DayIndex, T15Split, count_adjacent_repeats
+from mode_ssm.data.t15 import SPEAKING_MODES, DayIndex, T15Split, count_adjacent_repeats
 from mode_ssm.metrics import summarize
 from mode_ssm.models.build import (
     MinimumBins, build_model, component_parameters, model_components, model_loss_reach, output_frames, set_trainable,
@@ -70,6 +70,8 @@ class Position:
     best_wer: float = math.inf
     best_per: float = math.inf
     history: list[dict[str, Any]] = field(default_factory=list)
+    # a few val trials as decoded at the best epoch so far (reference, text): the summary shows them
+    best_examples: list[dict[str, str]] = field(default_factory=list)
 
     def next_stage(self) -> None:
         self.stage += 1
@@ -262,7 +264,7 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
     def evaluate(dataset, indices=None) -> dict[str, Any]:
         rows = decode_split(model, smoothed(eval_loader(dataset, indices), augmenter), ctx, word_decoder, amp,
                             release_heap=release_heap)
-        return summarize(rows)
+        return summarize(rows) | {"examples": decoded_examples(rows)}
 
     # freed heap memory goes back to the OS once the resident set has grown this much: without it the
     # resident set climbs from epoch to epoch (runtime/memory.py says why and what was measured)
@@ -292,6 +294,8 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
             stage = stages[pos.stage]
             components, weights = stage.components, dict(stage.loss_weights)
             set_trainable(model, components)
+            # the day-layer smoothness penalty acts in the stages that train the day layers
+            smoothness = float(cfg.training.day_smoothness) if "day_layers" in components else 0.0
             steps_per_epoch = math.ceil(sampler.batches_per_rank / accum)
             optimizer, scheduler, trained = _make_optimizer(cfg, model, components, steps_per_epoch * stage.epochs)
             if state and state["optimizer"] is not None:
@@ -343,6 +347,8 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
                     pos.batch += 1
                     grad_norm = None
                     if last_micro:
+                        if smoothness:
+                            day_penalty = add_day_smoothness_gradient(model.day_layers, smoothness)
                         grad_norm = float(torch.nn.utils.clip_grad_norm_(
                             [p for p in model.parameters() if p.requires_grad], cfg.training.max_grad_norm))
                         if not math.isfinite(grad_norm) and not window_problems:
@@ -368,6 +374,8 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
                             metrics[f"train/loss_{name}"] = float(losses[name].detach())
                     if grad_norm is not None:
                         metrics["train/grad_norm"] = grad_norm
+                        if smoothness:
+                            metrics["train/day_smoothness"] = day_penalty
                     tracker.log(metrics)
                     progress.advance(metrics["train/loss"], batch_time)
                     if last_micro:
@@ -431,6 +439,8 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
                 pos.epoch_in_stage += 1
                 pos.batch_in_epoch = 0
                 improved = _improved(val, pos)
+                if improved:
+                    pos.best_examples = val["examples"]
                 checkpoint("last.pt", optimizer, scheduler)
                 if improved:
                     checkpoint("best.pt", optimizer, scheduler)
@@ -488,7 +498,47 @@ def _summary(pos: Position, ckpt_dir: Path, tracker: Any | None) -> dict[str, An
         "epochs": pos.epoch,
         "optimizer_steps": pos.optimizer_steps,
         "history": pos.history,
+        "examples": pos.best_examples,
     }
+
+
+def add_day_smoothness_gradient(day_layers: torch.nn.Module, weight: float) -> float:
+    """Add ``weight`` x the gradient of the day layers' smoothness penalty to their ``.grad``; the penalty.
+
+    Called once per optimizer step after the backward (and DDP's all-reduce): the penalty depends on
+    the parameters alone, identical on every rank, so adding its gradient after the averaging equals
+    adding it to every rank's loss, without a second use of the parameters outside the DDP forward."""
+    params = [*day_layers.weights, *day_layers.biases]
+    with torch.enable_grad():
+        penalty = day_layers.smoothness_penalty()
+        grads = torch.autograd.grad(penalty, params, allow_unused=True)
+    for p, g in zip(params, grads):
+        if g is None:
+            continue
+        if p.grad is None:
+            p.grad = weight * g
+        else:
+            p.grad.add_(g, alpha=weight)
+    return float(penalty.detach())
+
+
+def decoded_examples(rows: list[dict[str, Any]], n: int = 8) -> list[dict[str, str]]:
+    """``n`` labelled trials spread evenly over the split in file order (the same trials every epoch):
+    reference, decoded words (or greedy phonemes when there is no word decoder), and the speaking mode
+    predicted (None when the model predicts none)."""
+    labelled = sorted((r for r in rows if r.get("true_sentence")), key=lambda r: (r["session"], r["block"], r["trial"]))
+    if not labelled:
+        return []
+    k = min(n, len(labelled))
+    picks = sorted({round(i * (len(labelled) - 1) / max(1, k - 1)) for i in range(k)})
+    def mode(k: int | None) -> str | None:
+        return SPEAKING_MODES[k] if k is not None and 0 <= k < len(SPEAKING_MODES) else None
+
+    return [{"reference": labelled[i]["true_sentence"],
+             "decoded": labelled[i]["predicted_sentence"] if labelled[i]["predicted_sentence"] is not None
+             else labelled[i]["predicted_phonemes"],
+             "mode": mode(labelled[i]["mode_pred"]), "true_mode": mode(labelled[i]["mode_truth"])}
+            for i in picks]
 
 
 def _pct(x: float | None) -> float | None:
