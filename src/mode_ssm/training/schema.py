@@ -12,7 +12,7 @@ SIM_PRESETS = ("quick", "mini", "bench", "full")  # configs/preset/
 @dataclass
 class DataSchema:
     data_root: Optional[str] = None
-    sim_preset: str = option("mini", choices=SIM_PRESETS)
+    sim_preset: str = option("quick", choices=SIM_PRESETS)
     sim_seed: int = 0
     max_sessions: Optional[int] = option(None, ge=1)
     on_bad_session: str = option("error", choices=ON_BAD_SESSION)
