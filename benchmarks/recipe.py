@@ -67,8 +67,8 @@ def main() -> None:
     p.add_argument("--gru-minutes", type=float, default=20.0, help="training budget of the GRU baseline")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--lm-steps", type=int, default=1000, help="scripts/train_text_lm.py steps")
-    p.add_argument("--weights", type=float, nargs="+", default=[0.25, 0.5, 1.0],
-                   help="rescore.weight values tried on val")
+    p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0],
+                   help="rescore.weight values tried on val (0: the LM re-ranks with no weight, i.e. off)")
     p.add_argument("--out", default="outputs/recipe_benchmark")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--extra", nargs="*", default=[], help="more scripts/train.py overrides for every training run")
