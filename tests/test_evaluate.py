@@ -246,6 +246,7 @@ def test_block_mode_accuracy_is_a_majority_vote():
     ]]
     assert block_mode_accuracy(rows) == pytest.approx(1 / 3)
     assert summarize(rows)["mode_accuracy"] == pytest.approx(4 / 8)
+    assert summarize(rows)["mode_majority"] == pytest.approx(5 / 8)  # chance: always "silent" (5 of 8 known)
     assert block_mode_accuracy([{"session": "s", "block": 1, "mode_truth": -1, "mode_pred": 0}]) is None
 
 

@@ -111,6 +111,12 @@ def test_contract_command_line_offline_without_key(workdir):
     assert "val trials decoded by the best checkpoint" in proc.stdout
     examples = load_checkpoint(run_dir / "checkpoints" / "best.pt")["position"]["best_examples"]
     assert 1 <= len(examples) <= 8 and all(e["reference"] in proc.stdout for e in examples)
+    best_mode = load_checkpoint(run_dir / "checkpoints" / "best.pt")["position"]["best_mode"]
+    if "val/mode_accuracy" in epoch_rows[0]:  # the summary states the best epoch's mode accuracy and its chance level
+        assert f"{100 * best_mode['mode_accuracy']:.1f}% of trials" in proc.stdout
+        assert 0.5 <= best_mode["mode_majority"] <= 1.0
+    else:
+        assert best_mode == {} and "val speaking mode" not in proc.stdout
 
 
 def test_wandb_offline_typed_in_project_dir_and_tags_override(workdir):

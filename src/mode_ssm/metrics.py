@@ -161,6 +161,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     known = [r for r in rows if r["mode_truth"] >= 0 and r["mode_pred"] is not None]
     out["mode_accuracy"] = float(np.mean([r["mode_pred"] == r["mode_truth"] for r in known])) if known else None
     out["mode_accuracy_block"] = block_mode_accuracy(known)
+    # what always answering the commoner mode would score: the chance level of mode_accuracy
+    out["mode_majority"] = (max(np.mean([r["mode_truth"] == m for r in known]) for m in (0, 1))
+                            if known else None)
     return out
 
 

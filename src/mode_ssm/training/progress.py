@@ -56,6 +56,14 @@ def print_summary(summary: dict[str, Any]) -> None:
     wer, per = summary.get("best_val_wer"), summary.get("best_val_per")
     table.add_row("best val WER", f"{wer:.2f}%" if wer is not None else "n/a")
     table.add_row("best val PER", f"{per:.4f}" if per is not None else "n/a")
+    mode = summary.get("best_val_mode") or {}
+    if "mode_accuracy" in mode:
+        text = f"{100 * mode['mode_accuracy']:.1f}% of trials"
+        if "mode_majority" in mode:
+            text += f" (always the commoner mode: {100 * mode['mode_majority']:.1f}%)"
+        if "mode_accuracy_block" in mode:
+            text += f", {100 * mode['mode_accuracy_block']:.1f}% of blocks (majority vote)"
+        table.add_row("val speaking mode (best)", text)
     table.add_row("best checkpoint", summary["best_checkpoint"])
     table.add_row("last checkpoint", summary["last_checkpoint"])
     table.add_row("epochs", str(summary["epochs"]))

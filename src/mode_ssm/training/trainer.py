@@ -72,6 +72,8 @@ class Position:
     history: list[dict[str, Any]] = field(default_factory=list)
     # a few val trials as decoded at the best epoch so far (reference, text): the summary shows them
     best_examples: list[dict[str, str]] = field(default_factory=list)
+    # val speaking-mode accuracy at the best epoch so far (trials, blocks, majority-class share)
+    best_mode: dict[str, float] = field(default_factory=dict)
 
     def next_stage(self) -> None:
         self.stage += 1
@@ -441,6 +443,8 @@ def train(cfg: DictConfig, run_dir: str | Path, launch_dir: str | Path) -> dict[
                 improved = _improved(val, pos)
                 if improved:
                     pos.best_examples = val["examples"]
+                    pos.best_mode = {k: float(val[k]) for k in ("mode_accuracy", "mode_accuracy_block", "mode_majority")
+                                     if val.get(k) is not None}
                 checkpoint("last.pt", optimizer, scheduler)
                 if improved:
                     checkpoint("best.pt", optimizer, scheduler)
@@ -499,6 +503,7 @@ def _summary(pos: Position, ckpt_dir: Path, tracker: Any | None) -> dict[str, An
         "optimizer_steps": pos.optimizer_steps,
         "history": pos.history,
         "examples": pos.best_examples,
+        "best_val_mode": pos.best_mode,
     }
 
 
