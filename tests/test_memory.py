@@ -50,3 +50,22 @@ def test_heap_releaser_thresholds():
     assert [every() for _ in range(3)] == [heap_release_available()] * 3 and every.trims == 3 * heap_release_available()
     with pytest.raises(ValueError, match="growth_mb"):
         HeapReleaser(-1.0)
+
+
+def test_the_threshold_counts_growth_above_the_working_set_not_above_the_trimmed_heap(monkeypatch):
+    # after a trim the next step faults its working set in again: that is the new floor, so a step
+    # larger than the threshold does not trim at every call (it did when the floor was taken right
+    # after the trim), while growth on top of it still trims
+    from mode_ssm.runtime import memory
+
+    rss = iter([1000, 1400, 1600, 1550, 1900, 2100, 1560, 1500, 2050])
+    monkeypatch.setattr(memory, "resident_mb", lambda: float(next(rss)))
+    monkeypatch.setattr(memory, "heap_release_available", lambda: True)
+    trimmed = []
+    monkeypatch.setattr(memory, "release_heap", lambda: trimmed.append(1) or True)
+    releaser = memory.HeapReleaser(500.0)  # floor 1000
+    calls = [releaser() for _ in range(8)]
+    # 1400 < 1500; 1600 trims; 1550 is the new floor; 1900 < 2050; 2100 trims; 1560 floor; 1500 lowers
+    # it; 2050 >= 1500 + 500 trims
+    assert calls == [False, True, False, False, True, False, False, True]
+    assert releaser.trims == len(trimmed) == 3

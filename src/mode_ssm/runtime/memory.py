@@ -14,8 +14,10 @@ memory as well but costs time: the released pages fault in again on the next ste
 Measured with ``python benchmarks/training_scale.py --only memory`` (MODE-SSM small, CTC only,
 bench, batch 16, peak RSS after epochs 1 / 2 / 3, one thread): no trimming 3740 / 4444 / 5371 MB
 at 179 / 171 / 180 s per epoch; a trim after every step and evaluation batch 1758 / 1789 / 1789 MB
-at 204 / 203 / 211 s (the default, ``training.release_heap_mb=0``). A growth threshold trims less
-often; its memory curve is not measured yet. A fixed low mmap threshold (``mallopt(M_MMAP_THRESHOLD)``) bounds memory
+at 204 / 203 / 211 s (the default, ``training.release_heap_mb=0``). Re-measured in one session on
+2026-12-06 (same command): every step 2128 / 2295 / 2295 MB at 113 / 112 / 121 s; a 512 MB growth
+threshold 2732 / 2853 / 3041 MB at 106 / 102 / 107 s, so a threshold buys ~9% of epoch time (more
+with two threads) for a higher and still slowly rising peak. A fixed low mmap threshold (``mallopt(M_MMAP_THRESHOLD)``) bounds memory
 too but made steps about 2x slower (every large tensor a fresh mmap).
 
 Where the C library has no ``malloc_trim`` (macOS, musl) nothing is trimmed and
@@ -65,7 +67,11 @@ def resident_mb() -> float | None:
 
 
 class HeapReleaser:
-    """Call after each batch: trims the heap once the resident set has grown ``growth_mb`` since the last trim.
+    """Call after each batch: trims the heap once the resident set has grown ``growth_mb`` above its floor.
+
+    The floor is the lowest resident set seen since the last trim, counted from the first call after
+    it (when the next batch has faulted its working set in again), so the threshold measures what
+    freed-but-kept memory adds, not the working set of one step.
 
     ``growth_mb=None`` never trims (``training.release_heap_mb=null``); ``0`` trims at every call.
     """
@@ -74,18 +80,25 @@ class HeapReleaser:
         if growth_mb is not None and growth_mb < 0:
             raise ValueError(f"growth_mb must be >= 0 or None, got {growth_mb}")
         self.growth_mb = growth_mb if heap_release_available() else None
-        self.floor_mb = resident_mb() or 0.0
+        self.floor_mb: float | None = resident_mb()
         self.trims = 0
 
     def __call__(self) -> bool:
         if self.growth_mb is None:
             return False
         now = resident_mb() if self.growth_mb > 0 else None
-        if self.growth_mb > 0 and (now is None or now < self.floor_mb + self.growth_mb):
-            if now is not None:
+        if self.growth_mb > 0:
+            if now is None:
+                return False
+            if self.floor_mb is None:  # first call after a trim: the working set has faulted in again
+                self.floor_mb = now
+                return False
+            if now < self.floor_mb + self.growth_mb:
                 self.floor_mb = min(self.floor_mb, now)
-            return False
+                return False
         release_heap()
         self.trims += 1
-        self.floor_mb = resident_mb() or 0.0
+        # the next call sets the floor: measured right after the trim it would sit below the pages the
+        # next step faults in again, and a step whose working set exceeds growth_mb would trim every time
+        self.floor_mb = None
         return True

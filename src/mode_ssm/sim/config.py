@@ -41,7 +41,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "name": "quick",
         "version": 2,
         "sessions": list(QUICK_SESSIONS),
-        "trial_fraction": 0.35,
+        "trial_fraction": 2.0,
         "max_words": None,
         "drop_fraction": 0.0,
         "silent_fraction": 0.4,
