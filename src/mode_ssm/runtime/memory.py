@@ -17,8 +17,9 @@ at 179 / 171 / 180 s per epoch; a trim after every step and evaluation batch 175
 at 204 / 203 / 211 s (the default, ``training.release_heap_mb=0``). Re-measured in one session on
 2026-12-06 (same command): every step 2128 / 2295 / 2295 MB at 113 / 112 / 121 s; a 512 MB growth
 threshold 2732 / 2853 / 3041 MB at 106 / 102 / 107 s, so a threshold buys ~9% of epoch time (more
-with two threads) for a higher and still slowly rising peak. A fixed low mmap threshold (``mallopt(M_MMAP_THRESHOLD)``) bounds memory
-too but made steps about 2x slower (every large tensor a fresh mmap).
+with two threads) for a higher and still slowly rising peak. A fixed low mmap threshold
+(``mallopt(M_MMAP_THRESHOLD)``) bounds memory too but made steps about 2x slower (every large
+tensor a fresh mmap).
 
 Where the C library has no ``malloc_trim`` (macOS, musl) nothing is trimmed and
 :func:`heap_release_available` says so, for the caller to report.
